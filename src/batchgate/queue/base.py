@@ -1,0 +1,93 @@
+"""The Queue port: durable at-least-once delivery with fenced, renewable leases."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Protocol
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Delivery:
+    """One received message and the lease that fences every later call on it.
+
+    `attempt` counts deliveries of this message, starting at 1. `receipt` is opaque to
+    callers; a backend refuses it once the lease has passed to a newer delivery.
+    """
+
+    message_id: str
+    body: bytes
+    attempt: int
+    receipt: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeadLetter:
+    message_id: str
+    body: bytes
+    attempts: int
+    reason: str
+    failed_at: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueueDepth:
+    ready: int
+    in_flight: int
+    delayed: int
+    dead: int
+
+
+class Queue(Protocol):
+    """Durable delivery of task messages to workers.
+
+    Delivery is at least once: a message whose lease lapses is delivered again with a
+    higher `attempt`. Every call that takes a Delivery is fenced: it returns False (and
+    changes nothing) when the lease is no longer the caller's.
+    """
+
+    async def put(self, bodies: Sequence[bytes], delay_s: float = 0.0) -> list[str]:
+        """Enqueue messages atomically (all or none); returns their ids."""
+        ...
+
+    async def receive(self, max_messages: int, wait_s: float, lease_s: float) -> list[Delivery]:
+        """Lease up to `max_messages` ready messages, blocking up to `wait_s` for the first."""
+        ...
+
+    async def ack(self, delivery: Delivery) -> bool:
+        """Delete a message for good, only while the caller still holds its lease."""
+        ...
+
+    async def extend(self, delivery: Delivery, lease_s: float) -> bool:
+        """Renew the lease for `lease_s` seconds from now (a heartbeat)."""
+        ...
+
+    async def retry(self, delivery: Delivery, delay_s: float) -> bool:
+        """Give the message back, deliverable again after `delay_s` seconds."""
+        ...
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> bool:
+        """Move the message to the dead-letter set with a reason."""
+        ...
+
+    async def release_all(self) -> int:
+        """Make every leased message ready at once, not counting the lost attempt.
+
+        Only for a process that owns the queue alone and restarts (the embedded server):
+        the leases it held died with it.
+        """
+        ...
+
+    async def depth(self) -> QueueDepth:
+        """Counts of ready, leased, delayed and dead messages."""
+        ...
+
+    async def list_dead(self, limit: int = 100) -> list[DeadLetter]:
+        """Dead letters, oldest first."""
+        ...
+
+    async def redrive(self, message_ids: Sequence[str] | None = None) -> int:
+        """Move dead letters (all, or the named ones) back to ready with attempts reset."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,93 @@
+"""The State port: job records with compare-and-set transitions, counters and notices."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from batchgate.models import Job, JobError, JobStatus, Progress
+
+
+class Watch(Protocol):
+    """A subscription to one job's notices, registered before the job can change."""
+
+    async def wait_notice(self, timeout_s: float) -> bool:
+        """Block until a notice arrives (True) or `timeout_s` passes (False).
+
+        A notice that arrived since the last call is returned at once. Notices may be lost
+        (a reconnect, another host): callers re-read the job after a False too.
+        """
+        ...
+
+
+class State(Protocol):
+    """Job records. Every transition is a compare-and-set and publishes a notice.
+
+    Fencing: `start_attempt` records the newest attempt number; `finish` and `requeue`
+    with an older attempt change nothing, so a stale worker cannot overwrite a newer one.
+    """
+
+    async def create_job(self, job: Job) -> tuple[Job, bool]:
+        """Store a new job; returns (job, True).
+
+        With `job.idempotency_key` set and a job already stored for the same owner, function
+        and key, stores nothing and returns (that job, False). Atomic.
+        """
+        ...
+
+    async def get_job(self, job_id: str) -> Job | None: ...
+
+    async def start_attempt(self, job_id: str, attempt: int) -> Job | None:
+        """Mark the job running under `attempt` (>= the stored one); None if it is terminal."""
+        ...
+
+    async def requeue(self, job_id: str, attempt: int, error: JobError) -> Job | None:
+        """Back to queued after a failed attempt that will be retried; fenced by `attempt`."""
+        ...
+
+    async def finish(
+        self,
+        job_id: str,
+        attempt: int | None,
+        status: JobStatus,
+        *,
+        result: bytes | None = None,
+        result_ref: str | None = None,
+        error: JobError | None = None,
+    ) -> Job | None:
+        """The terminal transition, once: None if the job is already terminal or, with an
+        `attempt`, if a newer attempt owns it. Publishes a notice."""
+        ...
+
+    async def cancel(self, job_id: str) -> Job | None:
+        """Cancel a job that is not terminal; None if it already is. Publishes a notice."""
+        ...
+
+    async def record_chunk(
+        self, job_id: str, chunk: int, done: int, failed: int
+    ) -> tuple[Progress, bool] | None:
+        """Count a finished chunk of a map job exactly once.
+
+        Returns (progress after, True) the first time `chunk` is recorded and (progress,
+        False) on a repeat; None for an unknown job. Publishes a notice when it counts.
+        """
+        ...
+
+    def watch(self, job_id: str) -> AbstractAsyncContextManager[Watch]:
+        """Subscribe to one job's notices for the duration of the block."""
+        ...
+
+    async def expired_jobs(self, finished_before: float, limit: int) -> list[Job]:
+        """Terminal jobs that finished before the given epoch time."""
+        ...
+
+    async def delete_jobs(self, job_ids: Sequence[str]) -> None: ...
+
+    async def put_manifest(self, data: bytes) -> None:
+        """Publish the workers' function registry for gateways that do not import the app."""
+        ...
+
+    async def get_manifest(self) -> bytes | None: ...
+
+    async def aclose(self) -> None: ...
