@@ -60,6 +60,11 @@ class State(Protocol):
         `attempt`, if a newer attempt owns it. Publishes a notice."""
         ...
 
+    async def reopen(self, job_id: str) -> Job | None:
+        """A failed job back to queued with attempts, error and finish time cleared (a DLQ
+        re-drive); None unless it was failed."""
+        ...
+
     async def cancel(self, job_id: str) -> Job | None:
         """Cancel a job that is not terminal; None if it already is. Publishes a notice."""
         ...

@@ -1,0 +1,3 @@
+from batchgate.cli import main
+
+main()

@@ -1,0 +1,5 @@
+"""The HTTP gateway."""
+
+from batchgate.gateway.app import create_gateway
+
+__all__ = ["create_gateway"]

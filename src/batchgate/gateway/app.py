@@ -1,0 +1,58 @@
+"""The ASGI gateway: routes, error handling, auth and health endpoints."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from batchgate.errors import BatchgateError
+from batchgate.gateway.auth import ApiKeys
+from batchgate.gateway.metrics import Metrics
+from batchgate.gateway.openapi import openapi_document
+from batchgate.gateway.problems import batchgate_error_handler, http_error_handler
+from batchgate.gateway.routes import Routes
+from batchgate.jobs import Jobs
+
+
+def create_gateway(jobs: Jobs) -> Starlette:
+    """The HTTP API over `jobs`. Backends are opened and closed by the caller."""
+    keys = ApiKeys(jobs.settings.api_keys)
+    metrics = Metrics()
+    routes = Routes(jobs, metrics, keys.owner)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        try:
+            depth = await jobs.queue.depth()
+            await jobs.state.get_job("readyz-probe")
+        except BatchgateError as exc:
+            return JSONResponse({"status": "unavailable", "detail": exc.message}, 503)
+        return JSONResponse({"status": "ready", "queue": {
+            "ready": depth.ready, "in_flight": depth.in_flight,
+            "delayed": depth.delayed, "dead": depth.dead}})
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_document(jobs.registry))
+
+    return Starlette(
+        routes=[
+            Route("/v1/functions/{name}", routes.submit, methods=["POST"]),
+            Route("/v1/functions", routes.functions, methods=["GET"]),
+            Route("/v1/jobs/{job_id}", routes.status, methods=["GET"]),
+            Route("/v1/jobs/{job_id}", routes.cancel, methods=["DELETE"]),
+            Route("/v1/jobs/{job_id}/result", routes.result, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics.endpoint, methods=["GET"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
+        ],
+        exception_handlers={
+            BatchgateError: batchgate_error_handler,
+            HTTPException: http_error_handler,
+        },
+    )

@@ -1,0 +1,53 @@
+"""RFC 9457 problem details responses for every error the gateway returns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from batchgate.errors import PROBLEM_BASE, BatchgateError, JobCancelled, JobFailed, Overloaded
+from batchgate.models import Job, dumps
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem_response(
+    body: dict[str, Any], status: int, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def error_response(exc: BatchgateError, instance: str | None = None) -> Response:
+    headers = {}
+    if isinstance(exc, Overloaded):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    return problem_response(exc.problem_details(instance), exc.status, headers)
+
+
+def job_problem(job: Job, headers: dict[str, str]) -> Response:
+    """The problem for a failed (500) or cancelled (409) job."""
+    if job.error is not None and job.status.value == "failed":
+        detail = f"{job.error.type}: {job.error.message}"
+        exc: BatchgateError = JobFailed(detail, job_id=job.id, error=job.error.to_json())
+    else:
+        exc = JobCancelled(f"job {job.id} was cancelled", job_id=job.id)
+    return problem_response(exc.problem_details(f"/v1/jobs/{job.id}"), exc.status, headers)
+
+
+async def batchgate_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BatchgateError)
+    return error_response(exc, request.url.path)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    body = {
+        "type": PROBLEM_BASE + ("not-found" if exc.status_code == 404 else "http-error"),
+        "title": str(exc.detail),
+        "status": exc.status_code,
+        "instance": request.url.path,
+    }
+    return problem_response(body, exc.status_code, dict(exc.headers or {}))

@@ -1,0 +1,129 @@
+"""HTTP endpoints of the v1 API: submit and wait, job status, result, cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from batchgate.app import FunctionInfo
+from batchgate.errors import (
+    BadRequest,
+    BatchgateError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from batchgate.gateway.metrics import Metrics
+from batchgate.gateway.prefer import parse_prefer, query_wait
+from batchgate.gateway.problems import error_response, job_problem
+from batchgate.jobs import Jobs, retry_after_s
+from batchgate.models import Job, JobStatus, dumps, loads
+
+
+class Routes:
+    """Request handlers bound to one Jobs facade."""
+
+    def __init__(self, jobs: Jobs, metrics: Metrics, owner_of: Any) -> None:
+        self.jobs = jobs
+        self.metrics = metrics
+        self.owner_of = owner_of
+        self.settings = jobs.settings
+
+    async def submit(self, request: Request) -> Response:
+        owner = self.owner_of(request)
+        info = self.jobs.registry.get(request.path_params["name"])
+        prefs = parse_prefer(request.headers.getlist("prefer"))
+        idempotency_key = request.headers.get("idempotency-key")
+        if idempotency_key is not None and not 0 < len(idempotency_key) <= 255:
+            raise BadRequest("Idempotency-Key must be 1 to 255 characters")
+        body = await self._read_json_body(request, info)
+        applied: list[str] = []
+        if prefs.respond_async:
+            wait_s = 0.0
+            applied.append("respond-async")
+        elif prefs.wait_s is not None:
+            wait_s = min(prefs.wait_s, self.settings.max_wait_s)
+            applied.append(f"wait={wait_s:g}")
+        else:
+            wait_s = self.settings.max_wait_s
+        self.metrics.submitted.labels(info.name).inc()
+        with self.metrics.waiting.track_inprogress():
+            job = await self.jobs.submit(
+                info, body, owner=owner, idempotency_key=idempotency_key, wait_s=wait_s
+            )
+        headers = {"Job-Id": job.id, "Location": f"/v1/jobs/{job.id}"}
+        if applied:
+            headers["Preference-Applied"] = ", ".join(applied)
+        return await self._outcome(job, headers)
+
+    async def _read_json_body(self, request: Request, info: FunctionInfo) -> bytes:
+        media_type = request.headers.get("content-type", "application/json")
+        media_type = media_type.split(";")[0].strip().lower()
+        if media_type != "application/json" and not media_type.endswith("+json"):
+            raise UnsupportedMediaType(
+                f"{info.name} takes application/json, not {media_type!r}"
+            )
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}")
+        body = bytearray()
+        async for piece in request.stream():
+            body += piece
+            if len(body) > limit:
+                raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+        if not body:
+            raise BadRequest("the body is empty; send a JSON value")
+        loads(bytes(body))  # validates: malformed or non-UTF-8 JSON is a 400 here
+        return bytes(body)
+
+    async def _outcome(self, job: Job, headers: dict[str, str]) -> Response:
+        """200 with the result, the job's problem, or 202 with its status."""
+        if job.status is JobStatus.SUCCEEDED:
+            self.metrics.finished.labels(job.function, job.status.value).inc()
+            result = await self.jobs.result_bytes(job)
+            return Response(result, media_type="application/json", headers=headers)
+        if job.status.terminal:
+            self.metrics.finished.labels(job.function, job.status.value).inc()
+            return job_problem(job, headers)
+        headers["Retry-After"] = str(retry_after_s(job))
+        return Response(
+            dumps(job.status_json()), 202, media_type="application/json", headers=headers
+        )
+
+    async def status(self, request: Request) -> Response:
+        owner = self.owner_of(request)
+        job_id = request.path_params["job_id"]
+        wait_s = query_wait(request.query_params.get("wait"))
+        job = await self.jobs.wait(job_id, wait_s, owner) if wait_s else (
+            await self.jobs.get(job_id, owner)
+        )
+        return Response(dumps(job.status_json()), media_type="application/json")
+
+    async def result(self, request: Request) -> Response:
+        owner = self.owner_of(request)
+        job_id = request.path_params["job_id"]
+        wait_s = query_wait(request.query_params.get("wait"))
+        job = await self.jobs.wait(job_id, wait_s, owner) if wait_s else (
+            await self.jobs.get(job_id, owner)
+        )
+        return await self._outcome(job, {"Job-Id": job.id, "Location": f"/v1/jobs/{job.id}"})
+
+    async def cancel(self, request: Request) -> Response:
+        owner = self.owner_of(request)
+        job = await self.jobs.cancel(request.path_params["job_id"], owner)
+        if job.status is not JobStatus.CANCELLED:
+            exc = _AlreadyFinished(f"job {job.id} already {job.status.value}", job_id=job.id)
+            return error_response(exc, request.url.path)
+        return Response(dumps(job.status_json()), media_type="application/json")
+
+    async def functions(self, request: Request) -> Response:
+        self.owner_of(request)
+        return JSONResponse({"functions": self.jobs.registry.manifest()})
+
+
+class _AlreadyFinished(BatchgateError):
+    status = 409
+    problem = "job-finished"
+    title = "Job already finished"

@@ -1,0 +1,169 @@
+"""Submit, wait for, read and cancel jobs: the one place that composes the three ports."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from typing import Any
+
+from batchgate.app import FunctionInfo, Registry
+from batchgate.errors import IdempotencyConflict, NotFound, Overloaded
+from batchgate.models import Job, JobStatus, Task, new_job_id
+from batchgate.queue import Queue
+from batchgate.settings import Settings
+from batchgate.state import State, Watch
+from batchgate.store import Store
+
+# How often a submitter re-reads the queue depth for backpressure, at most.
+_DEPTH_CHECK_S = 0.5
+
+
+def payload_key(job_id: str) -> str:
+    return f"payloads/{job_id}"
+
+
+def result_key(job_id: str) -> str:
+    return f"results/{job_id}"
+
+
+def request_hash(function: str, body: bytes) -> str:
+    return hashlib.sha256(function.encode() + b"\0" + body).hexdigest()
+
+
+class Jobs:
+    """The job-level operations a gateway offers, over whichever backends are configured."""
+
+    def __init__(
+        self, registry: Registry, queue: Queue, state: State, store: Store, settings: Settings
+    ) -> None:
+        self.registry = registry
+        self.queue = queue
+        self.state = state
+        self.store = store
+        self.settings = settings
+        self._depth_checked_at = 0.0
+        self._depth_full = False
+        self._stopping = asyncio.Event()
+
+    def stop_waiting(self) -> None:
+        """Make every wait in progress (and later) return at once: the process is stopping."""
+        self._stopping.set()
+
+    async def submit(
+        self,
+        info: FunctionInfo,
+        body: bytes,
+        *,
+        owner: str = "",
+        idempotency_key: str | None = None,
+        wait_s: float = 0.0,
+    ) -> Job:
+        """Create and enqueue a plain job, then wait up to `wait_s` for it to finish.
+
+        The completion watch is registered before the task is enqueued, so a fast worker's
+        notice cannot be missed. A repeated idempotency key attaches to the first job.
+        """
+        await self._check_backpressure()
+        job = Job(
+            id=new_job_id(),
+            function=info.name,
+            kind=info.kind,
+            owner=owner,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash(info.name, body) if idempotency_key else None,
+        )
+        async with self.state.watch(job.id) as watch:
+            stored, created = await self.state.create_job(job)
+            if created:
+                await self._enqueue(job, body)
+                return await self._wait(job, watch, wait_s)
+        if stored.request_hash != job.request_hash:
+            raise IdempotencyConflict(
+                f"Idempotency-Key {idempotency_key!r} was first used with a different body",
+                job_id=stored.id,
+            )
+        return await self.wait(stored.id, wait_s, owner=owner)
+
+    async def _enqueue(self, job: Job, body: bytes) -> None:
+        if len(body) <= self.settings.inline_max_bytes:
+            task = Task(job.id, job.function, payload=body)
+        else:
+            await self.store.put(payload_key(job.id), body)
+            task = Task(job.id, job.function, payload_ref=payload_key(job.id))
+        await self.queue.put([task.encode()])
+
+    async def _check_backpressure(self) -> None:
+        limit = self.settings.max_queue_depth
+        if limit <= 0:
+            return
+        now = time.monotonic()
+        if now - self._depth_checked_at > _DEPTH_CHECK_S:
+            self._depth_checked_at = now
+            depth = await self.queue.depth()
+            self._depth_full = depth.ready + depth.delayed >= limit
+        if self._depth_full:
+            raise Overloaded(f"the queue holds {limit} or more waiting tasks", retry_after_s=5)
+
+    async def get(self, job_id: str, owner: str = "") -> Job:
+        """The job, if it exists and belongs to `owner`; raises NotFound."""
+        job = await self.state.get_job(job_id)
+        if job is None or job.owner != owner:
+            raise NotFound(f"no job {job_id!r}", job_id=job_id)
+        return job
+
+    async def wait(self, job_id: str, wait_s: float, owner: str = "") -> Job:
+        """The job once terminal, or as it stands after `wait_s` seconds."""
+        async with self.state.watch(job_id) as watch:
+            job = await self.get(job_id, owner)
+            return await self._wait(job, watch, wait_s)
+
+    async def _wait(self, job: Job, watch: Watch, wait_s: float) -> Job:
+        deadline = time.monotonic() + min(wait_s, self.settings.max_wait_s)
+        reread_s = self.settings.reread_s
+        while not job.status.terminal and not self._stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            # A lost notice costs at most one re-read interval, never a hung request.
+            await watch.wait_notice(min(remaining, reread_s))
+            fresh = await self.state.get_job(job.id)
+            if fresh is None:
+                raise NotFound(f"job {job.id!r} expired while waiting", job_id=job.id)
+            job = fresh
+        return job
+
+    async def result_bytes(self, job: Job) -> bytes:
+        """The JSON result of a succeeded job, from the record or the store."""
+        if job.result is not None:
+            return job.result
+        if job.result_ref is None:
+            raise NotFound(f"job {job.id!r} has no result", job_id=job.id)
+        return await self.store.get(job.result_ref)
+
+    async def cancel(self, job_id: str, owner: str = "") -> Job:
+        """Cancel the job unless it is already terminal; returns it as it now stands."""
+        job = await self.get(job_id, owner)
+        if job.status.terminal:
+            return job
+        cancelled = await self.state.cancel(job_id)
+        return cancelled or await self.get(job_id, owner)
+
+    async def delete_expired(self, now: float, limit: int = 500) -> int:
+        """Remove terminal jobs older than the retention period, with their blobs."""
+        expired = await self.state.expired_jobs(now - self.settings.result_ttl_s, limit)
+        if not expired:
+            return 0
+        keys = [result_key(j.id) for j in expired] + [payload_key(j.id) for j in expired]
+        await self.store.delete(keys)
+        await self.state.delete_jobs([j.id for j in expired])
+        return len(expired)
+
+
+def retry_after_s(job: Job) -> int:
+    """A polite Retry-After for a job still in progress."""
+    return 1 if job.status is JobStatus.RUNNING else 2
+
+
+def describe(job: Job) -> dict[str, Any]:
+    return job.status_json()

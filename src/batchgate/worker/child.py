@@ -1,0 +1,135 @@
+"""The executor process: loads the app once, then runs one request at a time.
+
+Protocol over the inherited stdin/stdout (moved to private fds so user `print` goes to
+stderr): frames of a 4-byte big-endian length and a body. A request body is a mode byte
+(`c` call, `m` map chunk), the function name, a newline and the JSON payload. A reply is
+`\\x00` + JSON result, or `\\x01` + JSON `{type, message[, index]}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import os
+import signal
+import struct
+import sys
+from typing import IO, Any
+
+from batchgate.app import App, FunctionSpec, load_app
+from batchgate.models import dumps
+
+_LEN = struct.Struct(">I")
+OK, ERR = b"\x00", b"\x01"
+
+
+class ItemFailed(Exception):
+    """A map item raised under errors='fail'; carries the item's index."""
+
+    def __init__(self, index: int, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.index = index
+        self.cause = cause
+
+
+def error_doc(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, ItemFailed):
+        doc = error_doc(exc.cause)
+        doc["index"] = exc.index
+        return doc
+    return {"type": type(exc).__name__, "message": str(exc) or repr(exc)}
+
+
+class Runner:
+    """Calls registered functions, sync or async, on one private event loop."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.loop = asyncio.new_event_loop()
+
+    def call(self, spec: FunctionSpec, arg: Any) -> Any:
+        result = spec.fn(arg)
+        if spec.is_async:
+            result = self.loop.run_until_complete(result)
+        return result
+
+    def handle(self, request: bytes) -> bytes:
+        mode = request[:1]
+        name, _, payload = request[1:].partition(b"\n")
+        try:
+            spec = self.app.spec(name.decode())
+            arg = json.loads(payload)
+            result = self.run_chunk(spec, arg) if mode == b"m" else self.call(spec, arg)
+            return OK + dumps(result)
+        except Exception as exc:
+            return ERR + dumps(error_doc(exc))
+
+    def run_chunk(self, spec: FunctionSpec, items: list[Any]) -> list[Any]:
+        """A map chunk: one result per item, failures collected or raised per the spec."""
+        if spec.info.batched:
+            results = self.call(spec, items)
+            if not isinstance(results, list) or len(results) != len(items):
+                got = len(results) if isinstance(results, list) else type(results).__name__
+                raise TypeError(
+                    f"batched function {spec.info.name!r} must return a list of "
+                    f"{len(items)} results, got {got}"
+                )
+            return results
+        results = []
+        for index, item in enumerate(items):
+            try:
+                results.append(self.call(spec, item))
+            except Exception as exc:
+                if spec.info.errors != "collect":
+                    raise ItemFailed(index, exc) from exc
+                results.append({"error": error_doc(exc)})
+        return results
+
+
+def _read_exact(stream: IO[bytes], size: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < size:
+        piece = stream.read(size - len(buf))
+        if not piece:
+            return None
+        buf += piece
+    return bytes(buf)
+
+
+def _write_frame(stream: IO[bytes], body: bytes) -> None:
+    stream.write(_LEN.pack(len(body)) + body)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (kill -9 of the worker)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def main(app_ref: str) -> None:
+    _die_with_parent()
+    # Ctrl-C reaches the whole process group; the worker decides when executors stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    proto_in = os.fdopen(os.dup(0), "rb", buffering=0)
+    proto_out = os.fdopen(os.dup(1), "wb", buffering=0)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)
+    runner = Runner(load_app(app_ref))
+    _write_frame(proto_out, b"ready")
+    while True:
+        header = _read_exact(proto_in, _LEN.size)
+        if header is None:
+            return
+        request = _read_exact(proto_in, _LEN.unpack(header)[0])
+        if request is None:
+            return
+        _write_frame(proto_out, runner.handle(request))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,189 @@
+"""The worker loop: receive tasks, run them on executors, heartbeat leases, commit, ack.
+
+At-least-once: a task is acked only after its job's outcome is stored, and the outcome is
+committed by a compare-and-set fenced by the attempt number, so a task delivered twice
+completes its job once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from typing import Any
+
+from batchgate.app import FunctionInfo, Registry
+from batchgate.errors import BatchgateError
+from batchgate.jobs import result_key
+from batchgate.models import JobError, JobStatus, Task
+from batchgate.queue import Delivery, Queue
+from batchgate.settings import Settings
+from batchgate.state import State
+from batchgate.store import Store
+from batchgate.worker.executor import ExecutorPool, Outcome
+
+log = logging.getLogger("batchgate.worker")
+
+RECEIVE_WAIT_S = 20.0
+
+
+def backoff_s(attempt: int, base_s: float, cap_s: float) -> float:
+    """Exponential backoff with jitter: about base * 2^(attempt-1), capped, in [50%, 100%]."""
+    ceiling = min(cap_s, base_s * 2 ** max(0, attempt - 1))
+    return float(ceiling * random.uniform(0.5, 1.0))
+
+
+class Worker:
+    """Feeds an executor pool from the queue until told to stop."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        queue: Queue,
+        state: State,
+        store: Store,
+        pool: ExecutorPool,
+        settings: Settings,
+    ) -> None:
+        self.registry = registry
+        self.queue = queue
+        self.state = state
+        self.store = store
+        self.pool = pool
+        self.settings = settings
+        # Tasks held at once: one running per executor plus as many again waiting, so an
+        # executor never idles for a receive round trip.
+        self.capacity = pool.size * 2
+        self._in_flight: dict[asyncio.Task[None], Delivery] = {}
+        self._slot_freed = asyncio.Event()
+        self._receiving = True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until `stop` is set, then drain: finish or release the tasks in hand."""
+        async with asyncio.TaskGroup() as group:
+            heartbeat = group.create_task(self._heartbeat_loop(), name="heartbeat")
+            receiver = group.create_task(self._receive_loop(), name="receive")
+            await stop.wait()
+            self._receiving = False
+            receiver.cancel()
+            await self._drain()
+            heartbeat.cancel()
+
+    async def _receive_loop(self) -> None:
+        while self._receiving:
+            free = self.capacity - len(self._in_flight)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            deliveries = await self.queue.receive(free, RECEIVE_WAIT_S, self.settings.lease_s)
+            for delivery in deliveries:
+                task = asyncio.create_task(self._handle(delivery), name="task")
+                self._in_flight[task] = delivery
+                task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(task, None)
+        self._slot_freed.set()
+        if not task.cancelled() and task.exception() is not None:
+            # A backend failure mid-task: the lease lapses and the task is delivered again.
+            log.error("task failed in the worker", exc_info=task.exception())
+
+    async def _drain(self) -> None:
+        """Give in-flight tasks `drain_s` to finish, then kill them and release their leases."""
+        tasks = list(self._in_flight)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=self.settings.drain_s)
+        leftovers = [self._in_flight[t] for t in pending if t in self._in_flight]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for delivery in leftovers:
+            await self.queue.retry(delivery, 0.0)
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.settings.lease_s / 3
+        while True:
+            await asyncio.sleep(interval)
+            for task, delivery in list(self._in_flight.items()):
+                if not await self.queue.extend(delivery, self.settings.lease_s):
+                    # Another attempt owns it now; ours could no longer commit anything.
+                    task.cancel()
+                    continue
+                job_id = _job_id_of(delivery)
+                job = await self.state.get_job(job_id) if job_id else None
+                if job is not None and job.status is JobStatus.CANCELLED:
+                    task.cancel()  # kills the executor running it
+                    await self.queue.ack(delivery)
+
+    async def _handle(self, delivery: Delivery) -> None:
+        try:
+            task = Task.decode(delivery.body)
+        except (ValueError, KeyError, TypeError) as exc:
+            await self.queue.dead_letter(delivery, f"undecodable task message: {exc}")
+            return
+        job = await self.state.start_attempt(task.job_id, delivery.attempt)
+        if job is None or job.status.terminal:
+            await self.queue.ack(delivery)  # cancelled, or finished by an earlier attempt
+            return
+        try:
+            info = self.registry.get(task.function)
+        except BatchgateError:
+            error = JobError("UnknownFunction", f"no worker knows function {task.function!r}")
+            await self._fail(delivery, task, error)
+            return
+        if delivery.attempt > info.max_attempts:
+            # Crashed attempts (a killed executor or worker) count too.
+            error = JobError("AttemptsExhausted", f"gave up after {info.max_attempts} attempts")
+            await self._fail(delivery, task, error)
+            return
+        payload = task.payload
+        if payload is None:
+            assert task.payload_ref is not None
+            payload = await self.store.get(task.payload_ref)
+        outcome = await self.pool.run(b"c", info.name, payload, info.timeout_s)
+        if outcome.ok:
+            await self._succeed(delivery, task, outcome)
+        else:
+            assert outcome.error is not None
+            await self._attempt_failed(delivery, task, info, outcome.error)
+
+    async def _succeed(self, delivery: Delivery, task: Task, outcome: Outcome) -> None:
+        result = outcome.result or b"null"
+        fields: dict[str, Any] = {}
+        if len(result) <= self.settings.inline_max_bytes:
+            fields["result"] = result
+        else:
+            await self.store.put(result_key(task.job_id), result)
+            fields["result_ref"] = result_key(task.job_id)
+        await self.state.finish(task.job_id, delivery.attempt, JobStatus.SUCCEEDED, **fields)
+        await self.queue.ack(delivery)
+
+    async def _attempt_failed(
+        self, delivery: Delivery, task: Task, info: FunctionInfo, error: JobError
+    ) -> None:
+        if delivery.attempt >= info.max_attempts:
+            await self._fail(delivery, task, error)
+            return
+        delay = backoff_s(
+            delivery.attempt, self.settings.retry_backoff_s, self.settings.retry_backoff_max_s
+        )
+        if await self.state.requeue(task.job_id, delivery.attempt, error) is not None:
+            await self.queue.retry(delivery, delay)
+
+    async def _fail(self, delivery: Delivery, task: Task, error: JobError) -> None:
+        failed = await self.state.finish(
+            task.job_id, delivery.attempt, JobStatus.FAILED, error=error
+        )
+        if failed is None:
+            await self.queue.ack(delivery)  # another attempt settled the job first
+        else:
+            await self.queue.dead_letter(delivery, f"{error.type}: {error.message}")
+
+
+def _job_id_of(delivery: Delivery) -> str | None:
+    with contextlib.suppress(ValueError, KeyError, TypeError):
+        return Task.decode(delivery.body).job_id
+    return None

@@ -1,0 +1,67 @@
+"""Functions the end-to-end tests drive through a real `batchgate serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from batchgate import App
+
+app = App("testapp")
+
+
+@app.function
+def echo(payload: Any) -> Any:
+    return payload
+
+
+@app.function(name="add")
+async def add_async(payload: dict[str, int]) -> int:
+    await asyncio.sleep(0)
+    return payload["a"] + payload["b"]
+
+
+@app.function(retries=2)
+def always_fails(payload: Any) -> Any:
+    raise ValueError(f"cannot handle {payload!r}")
+
+
+@app.function(retries=3)
+def flaky(payload: dict[str, Any]) -> dict[str, Any]:
+    """Fails until it has been called `fail_times` times (counted in a file)."""
+    counter = Path(payload["counter"])
+    calls = int(counter.read_text()) + 1 if counter.exists() else 1
+    counter.write_text(str(calls))
+    if calls <= payload["fail_times"]:
+        raise ConnectionError(f"transient failure {calls}")
+    return {"calls": calls}
+
+
+@app.function(timeout=60, retries=2)
+def pid_then_sleep(payload: dict[str, Any]) -> dict[str, Any]:
+    """Writes its pid to a file, then sleeps; the first call can be killed from outside."""
+    marker = Path(payload["pid_file"])
+    first = not marker.exists()
+    marker.write_text(str(os.getpid()))
+    if first:
+        time.sleep(payload.get("sleep", 30))
+    return {"pid": os.getpid(), "first": first}
+
+
+@app.function(timeout=1, retries=0)
+def hangs(payload: Any) -> Any:
+    time.sleep(3600)
+
+
+@app.function(timeout=60, retries=0)
+def sleep(payload: dict[str, float]) -> float:
+    time.sleep(payload["seconds"])
+    return payload["seconds"]
+
+
+@app.function
+def noop(payload: Any) -> None:
+    return None

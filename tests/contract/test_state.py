@@ -1,0 +1,402 @@
+"""Contract suite for the State port, run against every backend in STATE_URLS."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from batchgate.models import FunctionKind, Job, JobError, JobStatus, Progress, new_job_id
+from batchgate.state import State, open_state
+
+pytestmark = pytest.mark.anyio
+
+# One entry per backend: how to build its URL for a test (request gives access to fixtures).
+STATE_URLS: dict[str, Callable[[pytest.FixtureRequest], str]] = {
+    "memory": lambda request: "memory://",
+    "sqlite": lambda request: f"sqlite:///{request.getfixturevalue('tmp_path') / 'state.db'}",
+}
+
+
+@pytest.fixture(params=list(STATE_URLS))
+async def state(request: pytest.FixtureRequest) -> AsyncIterator[State]:
+    backend = await open_state(STATE_URLS[request.param](request))
+    try:
+        yield backend
+    finally:
+        await backend.aclose()
+
+
+def make_job(**fields: object) -> Job:
+    return Job(id=new_job_id(), function="resize", **fields)  # type: ignore[arg-type]
+
+
+async def new_job(state: State, **fields: object) -> Job:
+    job, created = await state.create_job(make_job(**fields))
+    assert created
+    return job
+
+
+# --- create / get -------------------------------------------------------------------------
+
+
+async def test_create_get_round_trips_every_field(state: State) -> None:
+    job = Job(
+        id=new_job_id(),
+        function="geocode",
+        kind=FunctionKind.MAP,
+        status=JobStatus.RUNNING,
+        attempts=3,
+        progress=Progress(done=5, failed=2, total=10),
+        error=JobError("ValueError", "bad address ✗"),
+        created_at=1_700_000_000.125,
+        started_at=1_700_000_001.5,
+        finished_at=1_700_000_002.75,
+        owner="key-1",
+        idempotency_key="idem-1",
+        request_hash="sha256:abc",
+        result=b"\x00\xff binary \x80",
+        result_ref="results/x",
+    )
+    stored, created = await state.create_job(job)
+    assert created
+    assert stored == job
+    assert await state.get_job(job.id) == job
+
+
+async def test_create_get_defaults(state: State) -> None:
+    job = make_job()
+    await state.create_job(job)
+    assert await state.get_job(job.id) == job
+
+
+async def test_get_unknown_is_none(state: State) -> None:
+    assert await state.get_job(new_job_id()) is None
+
+
+async def test_create_same_id_twice_raises(state: State) -> None:
+    job = await new_job(state)
+    with pytest.raises(ValueError):
+        await state.create_job(job.replace(function="other"))
+    assert await state.get_job(job.id) == job
+
+
+async def test_idempotent_create_returns_existing(state: State) -> None:
+    first = await new_job(state, owner="a", idempotency_key="k")
+    candidate = make_job(owner="a", idempotency_key="k", request_hash="other")
+    again, created = await state.create_job(candidate)
+    assert not created
+    assert again == first
+    assert await state.get_job(candidate.id) is None
+
+
+async def test_idempotent_create_is_scoped_to_owner_and_function(state: State) -> None:
+    first = await new_job(state, owner="a", idempotency_key="k")
+    other_owner, created_owner = await state.create_job(make_job(owner="b", idempotency_key="k"))
+    other_fn, created_fn = await state.create_job(
+        Job(id=new_job_id(), function="other", owner="a", idempotency_key="k")
+    )
+    assert created_owner and created_fn
+    assert len({first.id, other_owner.id, other_fn.id}) == 3
+
+
+async def test_create_without_key_always_creates(state: State) -> None:
+    first = await new_job(state, owner="a")
+    second = await new_job(state, owner="a")
+    assert first.id != second.id
+
+
+async def test_concurrent_idempotent_creates_store_one(state: State) -> None:
+    results = await asyncio.gather(
+        *(state.create_job(make_job(owner="a", idempotency_key="same")) for _ in range(20))
+    )
+    assert sum(created for _, created in results) == 1
+    assert len({job.id for job, _ in results}) == 1
+
+
+# --- start_attempt / requeue / finish / cancel -----------------------------------------------
+
+
+async def test_start_attempt_marks_running(state: State) -> None:
+    job = await new_job(state)
+    started = await state.start_attempt(job.id, 1)
+    assert started is not None
+    assert started.status is JobStatus.RUNNING
+    assert started.attempts == 1
+    assert started.started_at is not None
+    assert await state.get_job(job.id) == started
+
+    again = await state.start_attempt(job.id, 2)
+    assert again is not None
+    assert again.attempts == 2
+    assert again.started_at == started.started_at  # the first start is kept
+
+
+async def test_start_attempt_refuses_stale_terminal_and_unknown(state: State) -> None:
+    job = await new_job(state)
+    assert await state.start_attempt(job.id, 2) is not None
+    assert await state.start_attempt(job.id, 1) is None
+    assert await state.start_attempt(job.id, 2) is not None  # a repeat of the same attempt
+    assert await state.finish(job.id, 2, JobStatus.SUCCEEDED) is not None
+    assert await state.start_attempt(job.id, 3) is None
+    assert (await state.get_job(job.id)).status is JobStatus.SUCCEEDED  # type: ignore[union-attr]
+    assert await state.start_attempt(new_job_id(), 1) is None
+
+
+async def test_finish_once(state: State) -> None:
+    job = await new_job(state)
+    await state.start_attempt(job.id, 1)
+    done = await state.finish(job.id, 1, JobStatus.SUCCEEDED, result=b"[1,2]")
+    assert done is not None
+    assert done.status is JobStatus.SUCCEEDED
+    assert done.result == b"[1,2]"
+    assert done.finished_at is not None
+    assert await state.finish(job.id, 1, JobStatus.FAILED, error=JobError("E", "m")) is None
+    assert await state.finish(job.id, None, JobStatus.SUCCEEDED, result=b"other") is None
+    assert await state.get_job(job.id) == done
+
+
+async def test_finish_without_attempt_and_with_ref(state: State) -> None:
+    job = await new_job(state)
+    done = await state.finish(job.id, None, JobStatus.SUCCEEDED, result_ref="results/r")
+    assert done is not None
+    assert (done.result, done.result_ref) == (None, "results/r")
+    assert await state.finish(new_job_id(), None, JobStatus.SUCCEEDED) is None
+
+
+async def test_finish_failed_keeps_error(state: State) -> None:
+    job = await new_job(state)
+    failed = await state.finish(job.id, None, JobStatus.FAILED, error=JobError("Boom", "x"))
+    assert failed is not None
+    assert failed.error == JobError("Boom", "x")
+    assert await state.get_job(job.id) == failed
+
+
+async def test_finish_needs_terminal_status(state: State) -> None:
+    job = await new_job(state)
+    with pytest.raises(ValueError):
+        await state.finish(job.id, None, JobStatus.RUNNING)
+
+
+async def test_finish_is_fenced_by_attempt(state: State) -> None:
+    job = await new_job(state)
+    await state.start_attempt(job.id, 1)
+    await state.start_attempt(job.id, 2)
+    assert await state.finish(job.id, 1, JobStatus.SUCCEEDED, result=b"stale") is None
+    done = await state.finish(job.id, 2, JobStatus.SUCCEEDED, result=b"fresh")
+    assert done is not None
+    assert done.result == b"fresh"
+
+
+async def test_concurrent_finishes_commit_once(state: State) -> None:
+    job = await new_job(state)
+    outcomes = await asyncio.gather(
+        *(state.finish(job.id, None, JobStatus.SUCCEEDED, result=b"%d" % i) for i in range(20))
+    )
+    winners = [done for done in outcomes if done is not None]
+    assert len(winners) == 1
+    assert await state.get_job(job.id) == winners[0]
+
+
+async def test_requeue_is_fenced(state: State) -> None:
+    job = await new_job(state)
+    await state.start_attempt(job.id, 1)
+    requeued = await state.requeue(job.id, 1, JobError("Timeout", "slow"))
+    assert requeued is not None
+    assert requeued.status is JobStatus.QUEUED
+    assert requeued.error == JobError("Timeout", "slow")
+    assert requeued.attempts == 1
+
+    await state.start_attempt(job.id, 2)
+    assert await state.requeue(job.id, 1, JobError("Stale", "old")) is None
+    current = await state.get_job(job.id)
+    assert current is not None
+    assert (current.status, current.attempts) == (JobStatus.RUNNING, 2)
+
+    done = await state.finish(job.id, 2, JobStatus.SUCCEEDED, result=b"1")
+    assert done is not None
+    assert done.error is None  # a success after a retry carries no error
+    assert await state.requeue(job.id, 2, JobError("Late", "x")) is None
+    assert await state.requeue(new_job_id(), 1, JobError("E", "m")) is None
+
+
+async def test_cancel(state: State) -> None:
+    queued = await new_job(state)
+    running = await new_job(state)
+    await state.start_attempt(running.id, 1)
+    for job in (queued, running):
+        cancelled = await state.cancel(job.id)
+        assert cancelled is not None
+        assert cancelled.status is JobStatus.CANCELLED
+        assert cancelled.finished_at is not None
+        assert await state.cancel(job.id) is None
+        assert await state.finish(job.id, None, JobStatus.SUCCEEDED) is None
+        assert await state.get_job(job.id) == cancelled
+    assert await state.cancel(new_job_id()) is None
+
+
+async def test_cancel_of_finished_job_is_none(state: State) -> None:
+    job = await new_job(state)
+    done = await state.finish(job.id, None, JobStatus.FAILED, error=JobError("E", "m"))
+    assert await state.cancel(job.id) is None
+    assert await state.get_job(job.id) == done
+
+
+async def test_reopen_failed_job(state: State) -> None:
+    job = await new_job(state)
+    await state.start_attempt(job.id, 3)
+    failed = await state.finish(job.id, 3, JobStatus.FAILED, error=JobError("E", "m"))
+    assert failed is not None
+    async with state.watch(job.id) as watch:
+        reopened = await state.reopen(job.id)
+        assert await watch.wait_notice(10)
+    assert reopened is not None
+    assert reopened.status is JobStatus.QUEUED
+    assert (reopened.attempts, reopened.error, reopened.finished_at) == (0, None, None)
+    assert reopened.started_at == failed.started_at
+    assert await state.get_job(job.id) == reopened
+    assert await state.expired_jobs(float("inf"), 10) == []
+    assert await state.reopen(job.id) is None  # queued now
+    assert await state.start_attempt(job.id, 1) is not None  # a re-driven task starts afresh
+    assert await state.finish(job.id, 1, JobStatus.SUCCEEDED, result=b"1") is not None
+
+
+async def test_reopen_only_failed_jobs(state: State) -> None:
+    queued = await new_job(state)
+    succeeded = await new_job(state)
+    await state.finish(succeeded.id, None, JobStatus.SUCCEEDED)
+    cancelled = await new_job(state)
+    await state.cancel(cancelled.id)
+    for job in (queued, succeeded, cancelled):
+        before = await state.get_job(job.id)
+        assert await state.reopen(job.id) is None
+        assert await state.get_job(job.id) == before
+    assert await state.reopen(new_job_id()) is None
+
+
+# --- record_chunk ---------------------------------------------------------------------------
+
+
+async def test_record_chunk_counts_once(state: State) -> None:
+    job = await new_job(state, kind=FunctionKind.MAP, progress=Progress(total=10))
+    assert await state.record_chunk(job.id, 0, 4, 1) == (Progress(4, 1, 10), True)
+    assert await state.record_chunk(job.id, 0, 4, 1) == (Progress(4, 1, 10), False)
+    assert await state.record_chunk(job.id, 1, 5, 0) == (Progress(9, 1, 10), True)
+    stored = await state.get_job(job.id)
+    assert stored is not None
+    assert stored.progress == Progress(9, 1, 10)
+
+
+async def test_record_chunk_unknown_job(state: State) -> None:
+    assert await state.record_chunk(new_job_id(), 0, 1, 0) is None
+
+
+async def test_record_chunk_concurrent_distinct_chunks_sum_exactly(state: State) -> None:
+    chunks = 200
+    job = await new_job(state, kind=FunctionKind.MAP, progress=Progress(total=chunks * 3))
+    # Every chunk recorded twice, interleaved: only the first of each counts.
+    calls = [state.record_chunk(job.id, i % chunks, 2, 1) for i in range(chunks * 2)]
+    outcomes = await asyncio.gather(*calls)
+    assert all(outcome is not None for outcome in outcomes)
+    assert sum(counted for _, counted in outcomes) == chunks  # type: ignore[misc]
+    stored = await state.get_job(job.id)
+    assert stored is not None
+    assert stored.progress == Progress(chunks * 2, chunks, chunks * 3)
+
+
+# --- watch ----------------------------------------------------------------------------------
+
+
+async def test_watch_wakes_a_waiter_on_finish(state: State) -> None:
+    job = await new_job(state)
+    async with state.watch(job.id) as watch:
+        waiter = asyncio.create_task(watch.wait_notice(10))
+        await asyncio.sleep(0)  # let the waiter block first
+        await state.finish(job.id, None, JobStatus.SUCCEEDED, result=b"1")
+        assert await waiter
+
+
+async def test_watch_keeps_a_notice_published_before_waiting(state: State) -> None:
+    job = await new_job(state)
+    async with state.watch(job.id) as watch:
+        await state.cancel(job.id)
+        assert await watch.wait_notice(10)
+
+
+async def test_watch_notice_from_record_chunk(state: State) -> None:
+    job = await new_job(state, kind=FunctionKind.MAP, progress=Progress(total=2))
+    async with state.watch(job.id) as watch:
+        await state.record_chunk(job.id, 0, 1, 0)
+        assert await watch.wait_notice(10)
+        # A repeat changes nothing and publishes nothing.
+        await state.record_chunk(job.id, 0, 1, 0)
+        assert not await watch.wait_notice(0.05)
+
+
+async def test_wait_notice_times_out(state: State) -> None:
+    job = await new_job(state)
+    async with state.watch(job.id) as watch:
+        assert not await watch.wait_notice(0.05)
+
+
+async def test_watch_ignores_other_jobs(state: State) -> None:
+    mine = await new_job(state)
+    other = await new_job(state)
+    async with state.watch(mine.id) as watch:
+        await state.finish(other.id, None, JobStatus.SUCCEEDED)
+        await state.cancel(other.id)
+        assert not await watch.wait_notice(0.05)
+
+
+async def test_each_watch_of_a_job_is_woken(state: State) -> None:
+    job = await new_job(state)
+    async with state.watch(job.id) as first, state.watch(job.id) as second:
+        await state.finish(job.id, None, JobStatus.SUCCEEDED)
+        assert await first.wait_notice(10)
+        assert await second.wait_notice(10)
+
+
+# --- retention, manifest --------------------------------------------------------------------
+
+
+async def test_expired_jobs_oldest_first_with_limit(state: State) -> None:
+    old = await new_job(state, status=JobStatus.SUCCEEDED, finished_at=100.0)
+    older = await new_job(state, status=JobStatus.FAILED, finished_at=50.0)
+    await new_job(state, status=JobStatus.SUCCEEDED, finished_at=300.0)
+    await new_job(state)  # not finished
+    assert [job.id for job in await state.expired_jobs(200.0, 10)] == [older.id, old.id]
+    assert [job.id for job in await state.expired_jobs(200.0, 1)] == [older.id]
+    assert await state.expired_jobs(50.0, 10) == []
+
+
+async def test_expired_jobs_includes_finished_now(state: State) -> None:
+    job = await new_job(state)
+    done = await state.finish(job.id, None, JobStatus.SUCCEEDED)
+    assert done is not None and done.finished_at is not None
+    assert await state.expired_jobs(done.finished_at + 1, 10) == [done]
+
+
+async def test_delete_jobs(state: State) -> None:
+    job = await new_job(state, kind=FunctionKind.MAP, idempotency_key="k", owner="o")
+    keep = await new_job(state)
+    assert await state.record_chunk(job.id, 0, 1, 0) is not None
+    await state.delete_jobs([job.id, new_job_id()])
+    await state.delete_jobs([])
+    assert await state.get_job(job.id) is None
+    assert await state.get_job(keep.id) == keep
+    # Its chunk records and its idempotency key went with it.
+    reborn, created = await state.create_job(job)
+    assert created and reborn == job
+    assert await state.record_chunk(job.id, 0, 1, 0) == (Progress(1, 0, 0), True)
+    await state.delete_jobs([job.id])
+    fresh, created = await state.create_job(make_job(idempotency_key="k", owner="o"))
+    assert created and fresh.id != job.id
+
+
+async def test_manifest(state: State) -> None:
+    assert await state.get_manifest() is None
+    await state.put_manifest(b'{"functions": []}')
+    assert await state.get_manifest() == b'{"functions": []}'
+    await state.put_manifest(b"\x00v2")
+    assert await state.get_manifest() == b"\x00v2"
