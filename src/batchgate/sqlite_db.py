@@ -15,6 +15,7 @@ helper thread with their own connection, so the loop never waits for an fsync.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -48,6 +49,7 @@ class SqliteDatabase:
         self.label = label
         self._pending: list[tuple[Work, asyncio.Future[Any]]] = []
         self._commits = 0
+        self._closed = False
         self._checkpoint: asyncio.Future[None] | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -79,6 +81,8 @@ class SqliteDatabase:
 
         `work` must only touch the database (it may run statements and raise to undo them).
         """
+        if self._closed:
+            raise self.error(RuntimeError("the database is closed"))
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((work, future))
         if len(self._pending) == 1:
@@ -95,6 +99,7 @@ class SqliteDatabase:
         return rows
 
     def close(self) -> None:
+        self._closed = True
         for _, future in self._pending:
             if not future.done():
                 future.set_exception(self.error(RuntimeError("database closed")))
@@ -118,14 +123,14 @@ class SqliteDatabase:
                 except Exception as exc:
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
-                    error = self.error(exc) if isinstance(exc, sqlite3.Error) else exc
-                    outcomes.append((future, None, error))
+                    failed = self.error(exc) if isinstance(exc, sqlite3.Error) else exc
+                    outcomes.append((future, None, failed))
                 else:
                     conn.execute("RELEASE op")
                     outcomes.append((future, result, None))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             failure = self.error(exc)
             outcomes = [(future, None, failure) for _, future in batch]

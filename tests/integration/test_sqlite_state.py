@@ -48,15 +48,19 @@ def race(path: Path, work: Callable[[SqliteState, int, Sync], Awaitable[T]]) -> 
             results[index] = asyncio.run(contender(index))
         except BaseException as exc:
             results[index] = exc
+            barrier.abort()  # release the others at once
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(CONTENDERS)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        # The first real failure, not the BrokenBarrierError it caused in the others.
+        raise next(
+            (e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0]
+        )
     return results  # type: ignore[return-value]
 
 

@@ -1,13 +1,8 @@
 """SQLite Queue: the embedded default, one WAL-mode file shared by the processes of a host.
 
-Calls run synchronously on the event loop's thread: each is one short transaction of tens
-of microseconds, less than a hop to a worker thread and back would cost. A call blocks the
-loop longer only while another process holds the write lock (bounded by busy_timeout).
-
-Claims are atomic across processes: a claim is one UPDATE … RETURNING, and SQLite takes
-the file's write lock before that statement reads anything, exactly as `BEGIN IMMEDIATE`
-would (without its two extra round trips, a quarter of a claim's cost). Calls of more than
-one statement run in `BEGIN IMMEDIATE` transactions.
+Reads run on the event loop's thread; writes are group-committed (see
+`batchgate.sqlite_db`): every put, claim, ack and heartbeat made during one loop turn
+shares one `BEGIN IMMEDIATE` transaction, so claims are atomic across processes.
 
 A waiting `receive` wakes at once for puts made through the same SqliteQueue instance, and
 polls (50 ms backing off to 250 ms) for puts made by other processes or instances.
@@ -20,31 +15,21 @@ import json
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from batchgate.errors import BackendError
 from batchgate.queue.base import DeadLetter, Delivery, QueueDepth
+from batchgate.sqlite_db import SqliteDatabase
 from batchgate.urls import local_path
 
 __all__ = ["SqliteQueue", "open"]
 
 T = TypeVar("T")
 
-BUSY_TIMEOUT_MS = 5_000
 POLL_MIN_S = 0.05
 POLL_MAX_S = 0.25
-
-_PRAGMAS = (
-    f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
-    "PRAGMA journal_mode = WAL",
-    # WAL + NORMAL survives a process crash or kill -9; surviving power loss or an OS crash
-    # needs FULL (an fsync per commit).
-    "PRAGMA synchronous = NORMAL",
-    # RETURNING and IN (subquery) use scratch tables; on disk each costs a temp file.
-    "PRAGMA temp_store = MEMORY",
-)
 
 # `seq` is the rowid: it orders messages FIFO-ish, and receipts name it, so every fenced
 # call finds its row by rowid. `id` is the public random id; nothing looks a live message
@@ -136,9 +121,9 @@ _DROP_DEAD = f"DELETE FROM dead_letters WHERE {_CHOSEN_DEAD}"
 class SqliteQueue:
     """A Queue in one SQLite file; several processes on one host may share the file."""
 
-    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self._conn = connection
+        self._db = SqliteDatabase(path, _SCHEMA, "queue")
         self._wakeup = asyncio.Event()
 
     async def put(self, bodies: Sequence[bytes], delay_s: float = 0.0) -> list[str]:
@@ -150,10 +135,7 @@ class SqliteQueue:
         now = time.time()
         ids = [secrets.token_urlsafe(12) for _ in bodies]
         rows = [(mid, body, now + delay_s, now) for mid, body in zip(ids, bodies, strict=True)]
-        if len(rows) == 1:
-            self._execute(_PUT, rows[0])  # one statement is its own transaction
-        else:
-            self._transaction(lambda conn: conn.executemany(_PUT, rows))
+        await self._db.write(lambda conn: conn.executemany(_PUT, rows))
         self._wakeup.set()
         return ids
 
@@ -165,7 +147,7 @@ class SqliteQueue:
         poll_s = POLL_MIN_S
         while True:
             self._wakeup.clear()
-            deliveries = self._claim(max_messages, lease_s)
+            deliveries = await self._claim(max_messages, lease_s)
             if deliveries:
                 return deliveries
             # Sleep until a wakeup from this instance, the next delayed message or lapsing
@@ -174,7 +156,7 @@ class SqliteQueue:
                 remaining_s = deadline - loop.time()
                 if remaining_s <= 0:
                     return []
-                earliest = self._query_one(_EARLIEST, ())
+                earliest = self._db.read_one(_EARLIEST)[0]
                 now = time.time()
                 if earliest is not None and earliest <= now:
                     break
@@ -189,21 +171,23 @@ class SqliteQueue:
     async def ack(self, delivery: Delivery) -> bool:
         """Delete a message for good, only while the caller still holds its lease."""
         fence = _fence_args(delivery)
-        return fence is not None and self._execute(_ACK, fence) == 1
+        return fence is not None and await self._db.execute(_ACK, fence) == 1
 
     async def extend(self, delivery: Delivery, lease_s: float) -> bool:
         """Renew the lease for `lease_s` seconds from now (a heartbeat)."""
         if lease_s <= 0:
             raise ValueError(f"lease_s must be > 0, got {lease_s}")
         fence = _fence_args(delivery)
-        return fence is not None and self._execute(_EXTEND, (*fence, fence[2] + lease_s)) == 1
+        return (
+            fence is not None and await self._db.execute(_EXTEND, (*fence, fence[2] + lease_s)) == 1
+        )
 
     async def retry(self, delivery: Delivery, delay_s: float) -> bool:
         """Give the message back, deliverable again after `delay_s` seconds."""
         if delay_s < 0:
             raise ValueError(f"delay_s must be >= 0, got {delay_s}")
         fence = _fence_args(delivery)
-        if fence is None or self._execute(_RETRY, (*fence, fence[2] + delay_s)) != 1:
+        if fence is None or await self._db.execute(_RETRY, (*fence, fence[2] + delay_s)) != 1:
             return False
         self._wakeup.set()
         return True
@@ -222,23 +206,23 @@ class SqliteQueue:
             conn.execute(_PUT_DEAD, (message_id, body, attempt, reason, time.time()))
             return True
 
-        return self._transaction(move)
+        return bool(await self._db.write(move))
 
     async def release_all(self) -> int:
         """Make every leased message ready at once, not counting the lost attempt."""
-        released = self._execute(_RELEASE_ALL, (time.time(),))
+        released: int = await self._db.execute(_RELEASE_ALL, (time.time(),))
         if released:
             self._wakeup.set()
         return released
 
     async def depth(self) -> QueueDepth:
         """Counts of ready, leased, delayed and dead messages."""
-        row = self._query(_DEPTH, (time.time(),))[0]
+        row = self._db.read_one(_DEPTH, (time.time(),))
         return QueueDepth(*row)
 
     async def list_dead(self, limit: int = 100) -> list[DeadLetter]:
         """Dead letters, oldest first."""
-        return [DeadLetter(*row) for row in self._query(_LIST_DEAD, (limit,))]
+        return [DeadLetter(*row) for row in self._db.read(_LIST_DEAD, (limit,))]
 
     async def redrive(self, message_ids: Sequence[str] | None = None) -> int:
         """Move dead letters (all, or the named ones) back to ready with attempts reset."""
@@ -249,60 +233,23 @@ class SqliteQueue:
             conn.execute(_DROP_DEAD, args)
             return moved
 
-        moved = self._transaction(move)
+        moved = int(await self._db.write(move))
         if moved:
             self._wakeup.set()
         return moved
 
     async def aclose(self) -> None:
         """Close the connection; waiting receives then fail with BackendError."""
-        self._conn.close()
+        self._db.close()
         self._wakeup.set()
 
-    def _claim(self, max_messages: int, lease_s: float) -> list[Delivery]:
+    async def _claim(self, max_messages: int, lease_s: float) -> list[Delivery]:
         now = time.time()
         token = secrets.token_urlsafe(12)
         args = (token, now + lease_s, now, max_messages)
-        rows = self._query(_CLAIM, args)
+        rows = await self._db.execute_returning(_CLAIM, args)
         rows.sort()  # RETURNING order is unspecified; seq order is FIFO-ish
         return [Delivery(mid, body, attempt, f"{seq}:{token}") for seq, mid, body, attempt in rows]
-
-    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work` in one write transaction, taking the write lock up front."""
-        conn = self._conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise self._backend_error(exc) from exc
-        return result
-
-    def _execute(self, sql: str, args: Sequence[Any]) -> int:
-        """Run one write statement in its own transaction; returns the rows changed."""
-        try:
-            return self._conn.execute(sql, args).rowcount
-        except sqlite3.Error as exc:
-            raise self._backend_error(exc) from exc
-
-    def _query(self, sql: str, args: Sequence[Any]) -> list[Any]:
-        """All rows of one statement (a write with RETURNING is its own transaction)."""
-        try:
-            return self._conn.execute(sql, args).fetchall()
-        except sqlite3.Error as exc:
-            raise self._backend_error(exc) from exc
-
-    def _query_one(self, sql: str, args: Sequence[Any]) -> Any:
-        """The first column of the first row."""
-        return self._query(sql, args)[0][0]
-
-    def _backend_error(self, exc: sqlite3.Error) -> BackendError:
-        return BackendError(f"sqlite queue {str(self.path)!r}: {exc}")
 
 
 def _fence_args(delivery: Delivery) -> tuple[int, str, float] | None:
@@ -333,28 +280,10 @@ async def _wait_set(event: asyncio.Event, timeout_s: float) -> bool:
     return True
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        for pragma in _PRAGMAS:
-            conn.execute(pragma)
-        conn.execute("BEGIN IMMEDIATE")
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
 async def open(url: str) -> SqliteQueue:
     """Open (creating if needed) the queue in the file named by `sqlite:///path.db`."""
     path = local_path(url)
     try:
-        conn = _connect(path)
-    except (sqlite3.Error, OSError) as exc:
+        return SqliteQueue(path)
+    except OSError as exc:
         raise BackendError(f"cannot open sqlite queue {str(path)!r}: {exc}") from exc
-    return SqliteQueue(conn, path)
