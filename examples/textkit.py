@@ -1,7 +1,7 @@
 """A text-analysis service: readability, keywords and key stretching, behind batchgate.
 
-    batchgate serve examples/textkit.py
-    curl --json '{"text": "Batch work, one call."}' localhost:8000/v1/functions/analyze
+batchgate serve examples/textkit.py
+curl --json '{"text": "Batch work, one call."}' localhost:8000/v1/functions/analyze
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+pytest_plugins = ["tests.fixtures.redis_server", "tests.fixtures.moto_server"]
+
 
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:

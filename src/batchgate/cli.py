@@ -35,29 +35,51 @@ def _fail_cleanly(fn: Callable[..., None]) -> Callable[..., None]:
 
 
 backend_options = [
-    click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-                 help="Folder for the embedded queue, state and store [.batchgate]."),
-    click.option("--queue", "queue_url", default=None,
-                 help="Queue URL: sqlite:///…, redis://…, sqs://NAME?region=…"),
+    click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Folder for the embedded queue, state and store [.batchgate].",
+    ),
+    click.option(
+        "--queue",
+        "queue_url",
+        default=None,
+        help="Queue URL: sqlite:///…, redis://…, sqs://NAME?region=…",
+    ),
     click.option("--state", "state_url", default=None, help="State URL: sqlite:///…, redis://…"),
-    click.option("--store", "store_url", default=None,
-                 help="Store URL: file:///…, s3://BUCKET/PREFIX"),
+    click.option(
+        "--store", "store_url", default=None, help="Store URL: file:///…, s3://BUCKET/PREFIX"
+    ),
 ]
 gateway_options = [
     click.option("--host", default=None, help="Address to bind [127.0.0.1]."),
     click.option("--port", type=int, default=None, help="Port to bind [8000]."),
-    click.option("--max-wait", "max_wait_s", default=None,
-                 help="Longest a request may block, e.g. 900, 15m [900]."),
-    click.option("--max-body", "max_body_bytes", default=None,
-                 help="Largest request body, e.g. 100MB [100MB]."),
-    click.option("--api-key", "api_keys", multiple=True, default=None,
-                 help="Accepted API key (repeatable); required off loopback."),
-    click.option("--insecure", is_flag=True, default=None,
-                 help="Allow a non-loopback bind without API keys."),
+    click.option(
+        "--max-wait",
+        "max_wait_s",
+        default=None,
+        help="Longest a request may block, e.g. 900, 15m [900].",
+    ),
+    click.option(
+        "--max-body",
+        "max_body_bytes",
+        default=None,
+        help="Largest request body, e.g. 100MB [100MB].",
+    ),
+    click.option(
+        "--api-key",
+        "api_keys",
+        multiple=True,
+        default=None,
+        help="Accepted API key (repeatable); required off loopback.",
+    ),
+    click.option(
+        "--insecure", is_flag=True, default=None, help="Allow a non-loopback bind without API keys."
+    ),
 ]
 worker_options = [
-    click.option("--workers", type=int, default=None,
-                 help="Executor processes [number of CPUs]."),
+    click.option("--workers", type=int, default=None, help="Executor processes [number of CPUs]."),
 ]
 
 

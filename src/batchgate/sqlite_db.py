@@ -8,8 +8,8 @@ times a statement, so under load this multiplies write throughput; a lone write 
 same as before. A caller's write is visible to it only after the batch has committed.
 
 WAL with synchronous=NORMAL survives a crash or kill -9 of any process; surviving power
-loss or an OS crash needs synchronous=FULL (an fsync per commit). Checkpoints run on a
-helper thread with their own connection, so the loop never waits for an fsync.
+loss or an OS crash needs synchronous=FULL (an fsync per commit). SQLite's automatic
+checkpoint (every 1000 WAL pages) runs inside a commit, on the loop's thread.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,7 +27,6 @@ from batchgate.errors import BackendError
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 5_000
-CHECKPOINT_EVERY_COMMITS = 1_000
 
 _PRAGMAS = (
     f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
@@ -34,8 +34,6 @@ _PRAGMAS = (
     "PRAGMA synchronous = NORMAL",
     # RETURNING and IN (subquery) use scratch tables; on disk each would cost a temp file.
     "PRAGMA temp_store = MEMORY",
-    # A commit crossing the threshold would checkpoint (and fsync) on the loop's thread.
-    "PRAGMA wal_autocheckpoint = 0",
 )
 
 Work = Callable[[sqlite3.Connection], Any]
@@ -47,14 +45,11 @@ class SqliteDatabase:
     def __init__(self, path: Path, schema: str, label: str) -> None:
         self.path = path
         self.label = label
-        self._pending: list[tuple[Work, asyncio.Future[Any]]] = []
-        self._commits = 0
+        self._pending: list[tuple[Work, bool, asyncio.Future[Any]]] = []
         self._closed = False
-        self._checkpoint: asyncio.Future[None] | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._conn = _connect(path)
-            self._checkpoint_conn = _connect(path, check_same_thread=False)
             self._transaction(lambda conn: _run_script(conn, schema))
         except sqlite3.Error as exc:
             raise self.error(exc) from exc
@@ -76,64 +71,67 @@ class SqliteDatabase:
         except sqlite3.Error as exc:
             raise self.error(exc) from exc
 
-    async def write(self, work: Work) -> Any:
+    async def write(self, work: Work, single_statement: bool = False) -> Any:
         """Run `work(conn)` atomically in the next group commit; returns what it returned.
 
         `work` must only touch the database (it may run statements and raise to undo them).
+        A `single_statement` work skips its savepoint: SQLite undoes a failed statement alone.
         """
         if self._closed:
             raise self.error(RuntimeError("the database is closed"))
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((work, future))
+        self._pending.append((work, single_statement, future))
         if len(self._pending) == 1:
             asyncio.get_running_loop().call_soon(self._flush)
         return await future
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         """One write statement in the next group commit; returns the rows it changed."""
-        return int(await self.write(lambda conn: conn.execute(sql, args).rowcount))
+        return int(await self.write(lambda conn: conn.execute(sql, args).rowcount, True))
 
     async def execute_returning(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         """One write statement with RETURNING in the next group commit; returns its rows."""
-        rows: list[Any] = await self.write(lambda conn: conn.execute(sql, args).fetchall())
+        rows: list[Any] = await self.write(lambda conn: conn.execute(sql, args).fetchall(), True)
         return rows
 
     def close(self) -> None:
         self._closed = True
-        for _, future in self._pending:
+        for _, _, future in self._pending:
             if not future.done():
                 future.set_exception(self.error(RuntimeError("database closed")))
         self._pending = []
         self._conn.close()
-        self._checkpoint_conn.close()
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
-        batch = [(work, future) for work, future in batch if not future.cancelled()]
+        batch = [entry for entry in batch if not entry[2].cancelled()]
         if not batch:
             return
         conn = self._conn
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for work, future in batch:
-                conn.execute("SAVEPOINT op")
+            for work, single_statement, future in batch:
+                if not single_statement:
+                    conn.execute("SAVEPOINT op")
                 try:
                     result = work(conn)
                 except Exception as exc:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
+                    if not single_statement:
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
                     failed = self.error(exc) if isinstance(exc, sqlite3.Error) else exc
                     outcomes.append((future, None, failed))
                 else:
-                    conn.execute("RELEASE op")
+                    if not single_statement:
+                        conn.execute("RELEASE op")
                     outcomes.append((future, result, None))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             failure = self.error(exc)
-            outcomes = [(future, None, failure) for _, future in batch]
+            outcomes = [(future, None, failure) for _, _, future in batch]
         for future, result, error in outcomes:
             if future.done():
                 continue
@@ -141,7 +139,6 @@ class SqliteDatabase:
                 future.set_result(result)
             else:
                 future.set_exception(error)
-        self._after_commit()
 
     def _transaction(self, work: Work) -> Any:
         """Run `work` in its own write transaction now (setup and rare maintenance)."""
@@ -156,33 +153,25 @@ class SqliteDatabase:
             raise
         return result
 
-    def _after_commit(self) -> None:
-        """Every CHECKPOINT_EVERY_COMMITS commits, checkpoint the WAL on a helper thread."""
-        self._commits += 1
-        running = self._checkpoint
-        if running is not None:
-            if not running.done():
-                return
-            self._checkpoint = None
-            running.result()  # a failed checkpoint is a failed database: say so loudly
-        if self._commits >= CHECKPOINT_EVERY_COMMITS:
-            self._commits = 0
-            loop = asyncio.get_running_loop()
-            self._checkpoint = loop.run_in_executor(None, self._run_checkpoint)
 
-    def _run_checkpoint(self) -> None:
-        try:
-            # PASSIVE never blocks writers; another process's checkpoint makes it a no-op.
-            self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error as exc:
-            raise self.error(exc) from exc
-
-
-def _connect(path: Path, check_same_thread: bool = True) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=check_same_thread)
-    for pragma in _PRAGMAS:
-        conn.execute(pragma)
-    return conn
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    try:
+        # Switching a new file to WAL takes an exclusive lock without calling the busy
+        # handler, so processes opening a new file at once retry here themselves.
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                for pragma in _PRAGMAS:
+                    conn.execute(pragma)
+                return conn
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)  # runs once per open, before the loop uses this file
+    except BaseException:
+        conn.close()
+        raise
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:

@@ -24,6 +24,7 @@ def small_body_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
     yield proc
     proc.stop()
 
+
 PROBLEM = "application/problem+json"
 
 

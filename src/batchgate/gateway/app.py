@@ -32,9 +32,17 @@ def create_gateway(jobs: Jobs) -> Starlette:
             await jobs.state.get_job("readyz-probe")
         except BatchgateError as exc:
             return JSONResponse({"status": "unavailable", "detail": exc.message}, 503)
-        return JSONResponse({"status": "ready", "queue": {
-            "ready": depth.ready, "in_flight": depth.in_flight,
-            "delayed": depth.delayed, "dead": depth.dead}})
+        return JSONResponse(
+            {
+                "status": "ready",
+                "queue": {
+                    "ready": depth.ready,
+                    "in_flight": depth.in_flight,
+                    "delayed": depth.delayed,
+                    "dead": depth.dead,
+                },
+            }
+        )
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_document(jobs.registry))

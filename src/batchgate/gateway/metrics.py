@@ -21,7 +21,8 @@ class Metrics:
             registry=self.registry,
         )
         self.waiting = Gauge(
-            "batchgate_requests_waiting", "Requests holding a connection open for a job",
+            "batchgate_requests_waiting",
+            "Requests holding a connection open for a job",
             registry=self.registry,
         )
 

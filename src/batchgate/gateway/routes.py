@@ -61,9 +61,7 @@ class Routes:
         media_type = request.headers.get("content-type", "application/json")
         media_type = media_type.split(";")[0].strip().lower()
         if media_type != "application/json" and not media_type.endswith("+json"):
-            raise UnsupportedMediaType(
-                f"{info.name} takes application/json, not {media_type!r}"
-            )
+            raise UnsupportedMediaType(f"{info.name} takes application/json, not {media_type!r}")
         limit = self.settings.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -96,8 +94,10 @@ class Routes:
         owner = self.owner_of(request)
         job_id = request.path_params["job_id"]
         wait_s = query_wait(request.query_params.get("wait"))
-        job = await self.jobs.wait(job_id, wait_s, owner) if wait_s else (
-            await self.jobs.get(job_id, owner)
+        job = (
+            await self.jobs.wait(job_id, wait_s, owner)
+            if wait_s
+            else (await self.jobs.get(job_id, owner))
         )
         return Response(dumps(job.status_json()), media_type="application/json")
 
@@ -105,8 +105,10 @@ class Routes:
         owner = self.owner_of(request)
         job_id = request.path_params["job_id"]
         wait_s = query_wait(request.query_params.get("wait"))
-        job = await self.jobs.wait(job_id, wait_s, owner) if wait_s else (
-            await self.jobs.get(job_id, owner)
+        job = (
+            await self.jobs.wait(job_id, wait_s, owner)
+            if wait_s
+            else (await self.jobs.get(job_id, owner))
         )
         return await self._outcome(job, {"Job-Id": job.id, "Location": f"/v1/jobs/{job.id}"})
 

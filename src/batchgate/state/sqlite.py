@@ -1,15 +1,10 @@
 """Job state in a SQLite file (`sqlite:///relative.db`, `sqlite:////absolute.db`).
 
-The embedded default. WAL mode with synchronous=NORMAL: a committed transition survives a
-crash of any process; surviving power loss would need synchronous=FULL. Several processes
-may open the same file; each transition is one compare-and-set statement (or one
-BEGIN IMMEDIATE transaction), so they stay exactly-once across processes.
-
-Calls run synchronously on the event loop thread. Each is one short statement on a local
-file (tens of µs); a hop to a worker thread costs more than that, and one connection
-serializes the calls anyway. The loop blocks longer only while another process holds the
-write lock (up to BUSY_TIMEOUT_MS; WAL keeps those holds short), and in the commit that
-runs SQLite's automatic checkpoint (every ~1000 pages written; it waits for fsync).
+The embedded default. Several processes may open the same file; each transition is one
+compare-and-set statement (or one atomic group of statements), so transitions stay
+exactly-once across processes. Reads run on the event loop's thread; writes are
+group-committed with every other write of the same loop turn (see `batchgate.sqlite_db`,
+which also states the durability: WAL, synchronous=NORMAL).
 
 Notices are in-process (`LocalNotices`): a waiter in another process on the same file
 hears nothing, so callers re-read the job at a slow interval as a safety net.
@@ -18,19 +13,19 @@ hears nothing, so callers re-read the job at a slow interval as a safety net.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from batchgate.errors import BackendError, ConfigError
+from batchgate.errors import ConfigError
 from batchgate.models import FunctionKind, Job, JobError, JobStatus, Progress, now
+from batchgate.sqlite_db import SqliteDatabase
 from batchgate.state.base import Watch
 from batchgate.state.notices import LocalNotices
 from batchgate.urls import local_path
 
 # RETURNING arrived in SQLite 3.35 (https://sqlite.org/lang_returning.html).
 MIN_SQLITE_VERSION = (3, 35, 0)
-BUSY_TIMEOUT_MS = 5_000
 MANIFEST_KEY = "manifest"
 
 SCHEMA = """
@@ -131,20 +126,9 @@ async def open(url: str) -> SqliteState:
         )
     path = local_path(url)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        return SqliteState(SqliteDatabase(path, SCHEMA, "state"))
     except OSError as exc:
-        raise ConfigError(f"{url!r}: cannot create {path.parent}: {exc}") from exc
-    try:
-        db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise BackendError(f"cannot open SQLite state {str(path)!r}: {exc}") from exc
-    state = SqliteState(db)
-    try:
-        state._setup()
-    except BaseException:
-        db.close()
-        raise
-    return state
+        raise ConfigError(f"{url!r}: cannot create {path}: {exc}") from exc
 
 
 def _job_params(job: Job) -> tuple[Any, ...]:
@@ -212,93 +196,49 @@ def _job(row: tuple[Any, ...]) -> Job:
     )
 
 
-def _backend_error(exc: sqlite3.Error) -> BackendError:
-    return BackendError(f"SQLite state: {exc}")
-
-
 class SqliteState:
-    """The State port on one SQLite connection; see the module docstring."""
+    """The State port on one SQLite file; see the module docstring."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: SqliteDatabase) -> None:
         self._db = db
         self._notices = LocalNotices()
 
-    def _setup(self) -> None:
-        try:
-            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            with self._immediate() as db:
-                # executescript() would commit our transaction first; run the DDL one by one
-                # so that processes opening a new file at once create the schema once.
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-        except sqlite3.Error as exc:
-            raise _backend_error(exc) from exc
-
-    @contextmanager
-    def _immediate(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction taken up front, so a read-modify-write cannot interleave."""
-        db = self._db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            if db.in_transaction:  # the body may have rolled back itself
-                db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise _backend_error(exc) from exc
-
-    def _one(self, sql: str, params: Sequence[Any]) -> Any:
-        try:
-            return self._db.execute(sql, params).fetchone()
-        except sqlite3.Error as exc:
-            raise _backend_error(exc) from exc
-
-    def _transition(self, job_id: str, sql: str, params: Sequence[Any]) -> Job | None:
-        row = self._one(sql, params)
-        if row is None:
+    async def _transition(self, job_id: str, sql: str, params: Sequence[Any]) -> Job | None:
+        rows = await self._db.execute_returning(sql, params)
+        if not rows:
             return None
         self._notices.publish(job_id)
-        return _job(row)
+        return _job(rows[0])
 
     async def create_job(self, job: Job) -> tuple[Job, bool]:
         """Store a new job, or return the one stored under the same idempotency key."""
         params = _job_params(job)
-        if job.idempotency_key is None:
-            try:
-                self._db.execute(INSERT_JOB, params)
-            except sqlite3.IntegrityError as exc:
-                raise ValueError(f"job id {job.id!r} is already stored") from exc
-            except sqlite3.Error as exc:
-                raise _backend_error(exc) from exc
+
+        def insert(conn: sqlite3.Connection) -> tuple[Any, bool]:
+            if conn.execute(INSERT_JOB_IF_NEW, params).rowcount == 1:
+                return None, True
+            key = (job.owner, job.function, job.idempotency_key)
+            row = conn.execute(SELECT_BY_KEY, key).fetchone() if job.idempotency_key else None
+            return row, False
+
+        row, created = await self._db.write(insert)
+        if created:
             return job, True
-        with self._immediate() as db:
-            if db.execute(INSERT_JOB_IF_NEW, params).rowcount == 1:
-                return job, True
-            row = db.execute(
-                SELECT_BY_KEY, (job.owner, job.function, job.idempotency_key)
-            ).fetchone()
         if row is None:
             raise ValueError(f"job id {job.id!r} is already stored")
         return _job(row), False
 
     async def get_job(self, job_id: str) -> Job | None:
-        row = self._one(SELECT_JOB, (job_id,))
+        row = self._db.read_one(SELECT_JOB, (job_id,))
         return None if row is None else _job(row)
 
     async def start_attempt(self, job_id: str, attempt: int) -> Job | None:
         """Mark the job running under `attempt`; None if it is terminal or `attempt` is stale."""
-        return self._transition(job_id, START_ATTEMPT, (attempt, now(), job_id, attempt))
+        return await self._transition(job_id, START_ATTEMPT, (attempt, now(), job_id, attempt))
 
     async def requeue(self, job_id: str, attempt: int, error: JobError) -> Job | None:
         """Back to queued with the attempt's error; None if fenced off or terminal."""
-        return self._transition(job_id, REQUEUE, (error.type, error.message, job_id, attempt))
+        return await self._transition(job_id, REQUEUE, (error.type, error.message, job_id, attempt))
 
     async def finish(
         self,
@@ -324,32 +264,36 @@ class SqliteState:
             attempt,
             attempt,
         )
-        return self._transition(job_id, FINISH, params)
+        return await self._transition(job_id, FINISH, params)
 
     async def reopen(self, job_id: str) -> Job | None:
         """A failed job back to queued, attempts/error/finish time cleared; else None."""
-        return self._transition(job_id, REOPEN, (job_id,))
+        return await self._transition(job_id, REOPEN, (job_id,))
 
     async def cancel(self, job_id: str) -> Job | None:
         """Cancel a job that is not terminal; None if it already is."""
-        return self._transition(job_id, CANCEL, (now(), job_id))
+        return await self._transition(job_id, CANCEL, (now(), job_id))
 
     async def record_chunk(
         self, job_id: str, chunk: int, done: int, failed: int
     ) -> tuple[Progress, bool] | None:
         """Count a finished chunk exactly once (chunk row and progress in one transaction)."""
-        with self._immediate() as db:
-            counted = db.execute(INSERT_CHUNK, (job_id, chunk)).rowcount == 1
-            if counted:
-                row = db.execute(ADD_PROGRESS, (done, failed, job_id)).fetchone()
-                if row is None:
-                    # Unknown job: leave no orphan chunk row behind.
-                    db.execute("ROLLBACK")
-                    return None
-            else:
-                row = db.execute(SELECT_PROGRESS, (job_id,)).fetchone()
-                if row is None:
-                    return None
+
+        def count(conn: sqlite3.Connection) -> tuple[Any, bool] | None:
+            counted = conn.execute(INSERT_CHUNK, (job_id, chunk)).rowcount == 1
+            query, args = (
+                (ADD_PROGRESS, (done, failed, job_id)) if counted else (SELECT_PROGRESS, (job_id,))
+            )
+            row = conn.execute(query, args).fetchone()
+            if row is None:
+                # Unknown job: undo the chunk row (the write's savepoint rolls back).
+                raise _UnknownJob
+            return row, counted
+
+        try:
+            row, counted = await self._db.write(count)
+        except _UnknownJob:
+            return None
         if counted:
             self._notices.publish(job_id)
         return Progress(*row), counted
@@ -360,10 +304,7 @@ class SqliteState:
 
     async def expired_jobs(self, finished_before: float, limit: int) -> list[Job]:
         """Terminal jobs that finished before `finished_before`, oldest first."""
-        try:
-            rows = self._db.execute(SELECT_EXPIRED, (finished_before, limit)).fetchall()
-        except sqlite3.Error as exc:
-            raise _backend_error(exc) from exc
+        rows = self._db.read(SELECT_EXPIRED, (finished_before, limit))
         return [_job(row) for row in rows]
 
     async def delete_jobs(self, job_ids: Sequence[str]) -> None:
@@ -371,18 +312,25 @@ class SqliteState:
         if not job_ids:
             return
         params = [(job_id,) for job_id in job_ids]
-        with self._immediate() as db:
-            db.executemany(DELETE_CHUNKS, params)
-            db.executemany(DELETE_JOB, params)
+
+        def delete(conn: sqlite3.Connection) -> None:
+            conn.executemany(DELETE_CHUNKS, params)
+            conn.executemany(DELETE_JOB, params)
+
+        await self._db.write(delete)
 
     async def put_manifest(self, data: bytes) -> None:
         """Replace the published function registry."""
-        self._one(PUT_META, (MANIFEST_KEY, data))
+        await self._db.execute(PUT_META, (MANIFEST_KEY, data))
 
     async def get_manifest(self) -> bytes | None:
-        row = self._one(GET_META, (MANIFEST_KEY,))
+        row = self._db.read_one(GET_META, (MANIFEST_KEY,))
         return None if row is None else bytes(row[0])
 
     async def aclose(self) -> None:
         """Close the connection; later calls raise BackendError."""
         self._db.close()
+
+
+class _UnknownJob(Exception):
+    """Raised inside a write to undo it: the job does not exist."""
