@@ -15,13 +15,14 @@ from batchgate import App
 
 app = App("textkit")
 
-_WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
+_WORD = re.compile(r"[^\W\d_]+(?:['\u2019-][^\W\d_]+)*")
 _SENTENCE_END = re.compile(r"[.!?]+(?:\s|$)")
-_STOPWORDS = frozenset(
+_STOPWORD_TEXT = (
     "a an and are as at be been but by for from has have he her his i in is it its of on or "
     "she so that the their them they this to was were which will with you your we our not "
-    "no do does did can could would should may might must than then there these those".split()
+    "no do does did can could would should may might must than then there these those"
 )
+_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 
 
 def _syllables(word: str) -> int:
