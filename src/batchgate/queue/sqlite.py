@@ -147,25 +147,25 @@ class SqliteQueue:
         poll_s = POLL_MIN_S
         while True:
             self._wakeup.clear()
-            deliveries = await self._claim(max_messages, lease_s)
-            if deliveries:
-                return deliveries
+            # A read first: an empty claim would still cost a write transaction.
+            earliest = self._db.read_one(_EARLIEST)[0]
+            now = time.time()
+            if earliest is not None and earliest <= now:
+                deliveries = await self._claim(max_messages, lease_s)
+                if deliveries:
+                    return deliveries
+                continue  # another consumer took them; look again
             # Sleep until a wakeup from this instance, the next delayed message or lapsing
-            # lease is due, or the next poll for other processes' puts; then claim again.
-            while True:
-                remaining_s = deadline - loop.time()
-                if remaining_s <= 0:
-                    return []
-                earliest = self._db.read_one(_EARLIEST)[0]
-                now = time.time()
-                if earliest is not None and earliest <= now:
-                    break
-                timeout_s = min(remaining_s, poll_s)
-                if earliest is not None:
-                    timeout_s = min(timeout_s, earliest - now)
-                if await _wait_set(self._wakeup, timeout_s):
-                    poll_s = POLL_MIN_S
-                    break
+            # lease is due, or the next poll for other processes' puts; then look again.
+            remaining_s = deadline - loop.time()
+            if remaining_s <= 0:
+                return []
+            timeout_s = min(remaining_s, poll_s)
+            if earliest is not None:
+                timeout_s = min(timeout_s, earliest - now)
+            if await _wait_set(self._wakeup, timeout_s):
+                poll_s = POLL_MIN_S
+            else:
                 poll_s = min(poll_s * 2, POLL_MAX_S)
 
     async def ack(self, delivery: Delivery) -> bool:
