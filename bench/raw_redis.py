@@ -18,7 +18,7 @@ import contextlib
 import signal
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from redis.asyncio import Redis
@@ -33,6 +33,7 @@ RESULTS_CHANNEL = "bench:results"
 ID_BYTES = 32  # len(uuid4().hex): a job is id + body, a result is id + result
 NOOP_RESULT = b"null"  # what batchgate answers for testapp's `noop`
 BRPOP_TIMEOUT_S = 1
+SHUTDOWN_S = 5  # in-flight requests get this long to finish on SIGTERM
 
 
 class Waiters:
@@ -108,6 +109,7 @@ async def run_gateway(redis_url: str, port: int) -> None:
             lifespan="off",
             access_log=False,
             log_level="info",
+            timeout_graceful_shutdown=SHUTDOWN_S,
             server_header=False,
         )
         server = _Server(config)
@@ -117,7 +119,7 @@ async def run_gateway(redis_url: str, port: int) -> None:
             await server.serve()
             reader.cancel()
     finally:
-        await pubsub.aclose()
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
         await client.aclose()
 
 
@@ -130,7 +132,8 @@ async def run_worker(redis_url: str) -> None:
         while not stop.is_set():
             item = await client.brpop([QUEUE_KEY], timeout=BRPOP_TIMEOUT_S)
             if item is not None:
-                await client.publish(RESULTS_CHANNEL, item[1][:ID_BYTES] + NOOP_RESULT)
+                job = cast(bytes, item[1])  # no decode_responses: values are bytes
+                await client.publish(RESULTS_CHANNEL, job[:ID_BYTES] + NOOP_RESULT)
     finally:
         await client.aclose()
 

@@ -68,6 +68,18 @@ gateway_options = [
         help="Largest request body, e.g. 100MB [100MB].",
     ),
     click.option(
+        "--max-items",
+        type=int,
+        default=None,
+        help="Most items in one batch (413 above) [10000000].",
+    ),
+    click.option(
+        "--result-ttl",
+        "result_ttl_s",
+        default=None,
+        help="How long finished jobs and results are kept, e.g. 24h [24h].",
+    ),
+    click.option(
         "--api-key",
         "api_keys",
         multiple=True,
@@ -148,6 +160,136 @@ def dlq_redrive(message_ids: tuple[str, ...], redrive_all: bool, **flags: Any) -
         raise click.UsageError("name message ids to re-drive, or pass --all")
     count = asyncio.run(redrive(_settings(**flags), None if redrive_all else list(message_ids)))
     click.echo(f"re-drove {count} task(s)")
+
+
+@main.command("submit")
+@click.argument("function")
+@click.argument(
+    "file", default="-", type=click.Path(exists=True, dir_okay=False, allow_dash=True)
+)
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="Gateway URL.")
+@click.option("--api-key", default=None, help="API key, sent as Authorization: Bearer KEY.")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+    help="Write the result to this file [stdout].",
+)  # fmt: skip
+@click.option(
+    "--format", "fmt", type=click.Choice(["json", "ndjson"]), default=None,
+    help="Input format [ndjson for .ndjson/.jsonl files, else json].",
+)  # fmt: skip
+def submit_cmd(
+    function: str, file: str, url: str, api_key: str | None, output: str, fmt: str | None
+) -> None:
+    """Send FILE (JSON or NDJSON; - for stdin) to FUNCTION and write its result.
+
+    A map function gets the file streamed as a batch, with progress shown while it runs;
+    the result comes back in the input's format. Any other function gets the file's JSON
+    value. Exit status: 0 done, 1 the job failed or the server refused, 2 usage error.
+    """
+    import json
+
+    import httpx
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress
+    from rich.progress import TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    from batchgate.client import Client
+
+    source = click.get_binary_stream("stdin") if file == "-" else Path(file)
+    if fmt is None:
+        fmt = "ndjson" if Path(file).suffix.lower() in (".ndjson", ".jsonl") else "json"
+    console = Console(stderr=True)
+    job_id = None
+
+    def write(pieces: Any) -> None:
+        first = next(pieces, b"")  # waits for the outcome before creating the output file
+        out = click.get_binary_stream("stdout") if output == "-" else open(output, "wb")  # noqa: SIM115
+        try:
+            out.write(first)
+            for piece in pieces:
+                out.write(piece)
+        finally:
+            if output != "-":
+                out.close()
+
+    try:
+        with Client(url, api_key, poll_s=30.0) as client:
+            kinds = {f["name"]: f.get("kind") for f in client.functions()}
+            if function not in kinds:
+                known = ", ".join(sorted(kinds)) or "none"
+                raise NotFound(f"the gateway has no function {function!r} (it has: {known})")
+            if kinds[function] != "map":
+                raw = source.read_bytes() if isinstance(source, Path) else source.read()
+                try:
+                    payload = json.loads(raw)
+                except ValueError as exc:
+                    raise click.UsageError(f"{file} is not valid JSON: {exc}") from None
+                result = client.run(function, payload)
+                body = result if isinstance(result, bytes) else models.dumps(result) + b"\n"
+                write(iter([body]))
+                return
+            bars = Progress(
+                TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                disable=not console.is_terminal, transient=True,
+            )  # fmt: skip
+            with bars:
+                size = source.stat().st_size if isinstance(source, Path) else None
+                upload = bars.add_task("upload", total=size)
+                reader = _CountingReader(
+                    source.open("rb") if isinstance(source, Path) else source,
+                    lambda n: bars.advance(upload, n),
+                )
+                bars.columns = (*bars.columns[:3], DownloadColumn(), bars.columns[-1])
+                with reader:
+                    handle = client.submit(function, file=reader, format=fmt)
+                job_id = handle.id
+                bars.update(upload, completed=reader.count, total=reader.count, visible=False)
+                items = bars.add_task(f"job {handle.id}", total=None)
+                with contextlib.suppress(BatchgateError):  # the result call reports errors
+                    for event in handle.events():
+                        progress = event.progress
+                        if progress is not None:
+                            bars.update(
+                                items,
+                                completed=progress.done + progress.failed,
+                                total=progress.total or None,
+                            )
+                        if event.terminal:
+                            break
+            write(handle.stream_result(format=fmt))
+    except BatchgateError as exc:
+        click.echo(f"batchgate: {exc.message}", err=True)
+        sys.exit(1)
+    except httpx.HTTPError as exc:
+        click.echo(f"batchgate: {url}: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        if job_id is not None:
+            click.echo(f"batchgate: interrupted; job {job_id} goes on", err=True)
+        sys.exit(130)
+
+
+class _CountingReader:
+    """A binary file that reports how many bytes were read (for the upload bar)."""
+
+    def __init__(self, file: Any, on_read: Callable[[int], object]) -> None:
+        self.file = file
+        self.on_read = on_read
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        piece: bytes = self.file.read(size)
+        self.count += len(piece)
+        self.on_read(len(piece))
+        return piece
+
+    def __enter__(self) -> _CountingReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.file is not click.get_binary_stream("stdin"):
+            self.file.close()
 
 
 if __name__ == "__main__":

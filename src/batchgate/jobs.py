@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator
 
 from batchgate.app import FunctionInfo, Registry
 from batchgate.errors import IdempotencyConflict, NotFound, Overloaded
-from batchgate.models import Job, JobStatus, Task, new_job_id
+from batchgate.keys import (
+    chunk_input_key,
+    chunk_result_key,
+    map_prefixes,
+    map_result_key,
+    payload_key,
+    result_key,
+)
+from batchgate.models import FunctionKind, Job, JobStatus, Progress, Task, dumps, new_job_id
 from batchgate.queue import Queue
 from batchgate.settings import Settings
 from batchgate.state import State, Watch
@@ -17,14 +26,8 @@ from batchgate.store import Store
 
 # How often a submitter re-reads the queue depth for backpressure, at most.
 _DEPTH_CHECK_S = 0.5
-
-
-def payload_key(job_id: str) -> str:
-    return f"payloads/{job_id}"
-
-
-def result_key(job_id: str) -> str:
-    return f"results/{job_id}"
+# Chunk tasks enqueued per queue call.
+_ENQUEUE_BATCH = 500
 
 
 def request_hash(function: str, body: bytes) -> str:
@@ -78,12 +81,75 @@ class Jobs:
             if created:
                 await self._enqueue(job, body)
                 return await self._wait(job, watch, wait_s)
-        if stored.request_hash != job.request_hash:
+        return await self._attach(stored, job, wait_s)
+
+    async def submit_map(
+        self,
+        info: FunctionInfo,
+        chunks: AsyncIterable[bytes],
+        *,
+        owner: str = "",
+        idempotency_key: str | None = None,
+        wait_s: float = 0.0,
+    ) -> Job:
+        """Store a batch's chunks (NDJSON, as cut from the request), then create and enqueue
+        the map job and wait up to `wait_s` for it. Nothing is enqueued unless every chunk
+        was cut and stored: a malformed batch leaves no job and no blobs behind."""
+        await self._check_backpressure()
+        job_id = new_job_id()
+        digest = hashlib.sha256(info.name.encode() + b"\0")
+        items = count = 0
+        try:
+            async for chunk in chunks:
+                await self.store.put(chunk_input_key(job_id, count), chunk)
+                digest.update(chunk)
+                items += chunk.count(b"\n")
+                count += 1
+        except BaseException:
+            await self._delete_blobs(job_id)
+            raise
+        job = Job(
+            id=job_id,
+            function=info.name,
+            kind=info.kind,
+            progress=Progress(total=items),
+            owner=owner,
+            idempotency_key=idempotency_key,
+            request_hash=digest.hexdigest() if idempotency_key else None,
+        )
+        async with self.state.watch(job.id) as watch:
+            stored, created = await self.state.create_job(job)
+            if created:
+                await self._enqueue_chunks(job, count)
+                return await self._wait(job, watch, wait_s)
+        await self._delete_blobs(job_id)
+        return await self._attach(stored, job, wait_s)
+
+    async def _enqueue_chunks(self, job: Job, count: int) -> None:
+        if count == 0:
+            # An empty batch is done at once: its result is an empty list.
+            await self.store.put(map_result_key(job.id), dumps({"chunks": 0, "items": 0}))
+            await self.state.finish(
+                job.id, None, JobStatus.SUCCEEDED, result_ref=map_result_key(job.id)
+            )
+            return
+        for start in range(0, count, _ENQUEUE_BATCH):
+            tasks = [
+                Task(job.id, job.function, payload_ref=chunk_input_key(job.id, i), chunk=i,
+                     chunks=count).encode()
+                for i in range(start, min(count, start + _ENQUEUE_BATCH))
+            ]  # fmt: skip
+            await self.queue.put(tasks)
+
+    async def _attach(self, stored: Job, attempted: Job, wait_s: float) -> Job:
+        """A repeated Idempotency-Key: wait on the first job, if the request was the same."""
+        if stored.request_hash != attempted.request_hash:
             raise IdempotencyConflict(
-                f"Idempotency-Key {idempotency_key!r} was first used with a different body",
+                f"Idempotency-Key {attempted.idempotency_key!r} was first used with a "
+                "different body",
                 job_id=stored.id,
             )
-        return await self.wait(stored.id, wait_s, owner=owner)
+        return await self.wait(stored.id, wait_s, owner=attempted.owner)
 
     async def _enqueue(self, job: Job, body: bytes) -> None:
         if len(body) <= self.settings.inline_max_bytes:
@@ -141,6 +207,14 @@ class Jobs:
             raise NotFound(f"job {job.id!r} has no result", job_id=job.id)
         return await self.store.get(job.result_ref)
 
+    async def map_result_chunks(self, job: Job) -> AsyncIterator[bytes]:
+        """A succeeded map job's results, chunk by chunk (NDJSON), in input order."""
+        if job.result_ref is None:
+            raise NotFound(f"job {job.id!r} has no result", job_id=job.id)
+        manifest = json.loads(await self.store.get(job.result_ref))
+        for chunk in range(manifest["chunks"]):
+            yield await self.store.get(chunk_result_key(job.id, chunk))
+
     async def cancel(self, job_id: str, owner: str = "") -> Job:
         """Cancel the job unless it is already terminal; returns it as it now stands."""
         job = await self.get(job_id, owner)
@@ -156,14 +230,17 @@ class Jobs:
             return 0
         keys = [result_key(j.id) for j in expired] + [payload_key(j.id) for j in expired]
         await self.store.delete(keys)
+        for job in expired:
+            if job.kind is FunctionKind.MAP:
+                await self._delete_blobs(job.id)
         await self.state.delete_jobs([j.id for j in expired])
         return len(expired)
+
+    async def _delete_blobs(self, job_id: str) -> None:
+        for prefix in map_prefixes(job_id):
+            await self.store.delete_prefix(prefix)
 
 
 def retry_after_s(job: Job) -> int:
     """A polite Retry-After for a job still in progress."""
     return 1 if job.status is JobStatus.RUNNING else 2
-
-
-def describe(job: Job) -> dict[str, Any]:
-    return job.status_json()

@@ -118,7 +118,7 @@ class Job:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Task:
-    """One queue message: a whole plain job, or one chunk of a map job.
+    """One queue message: a whole plain job, or chunk `chunk` of the `chunks` of a map job.
 
     The payload travels inline when small; otherwise `payload_ref` names a store key.
     """
@@ -128,11 +128,13 @@ class Task:
     payload: bytes | None = None
     payload_ref: str | None = None
     chunk: int | None = None
+    chunks: int | None = None
 
     def encode(self) -> bytes:
         doc: dict[str, Any] = {"job": self.job_id, "fn": self.function}
         if self.chunk is not None:
             doc["chunk"] = self.chunk
+            doc["of"] = self.chunks
         if self.payload_ref is not None:
             doc["ref"] = self.payload_ref
         # The payload is already JSON text; splice it in rather than parse and re-dump it.
@@ -151,6 +153,7 @@ class Task:
             payload=None if payload is _MISSING else dumps(payload),
             payload_ref=doc.get("ref"),
             chunk=doc.get("chunk"),
+            chunks=doc.get("of"),
         )
 
 

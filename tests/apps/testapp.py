@@ -65,3 +65,41 @@ def sleep(payload: dict[str, float]) -> float:
 @app.function
 def noop(payload: Any) -> None:
     return None
+
+
+@app.map(chunk_size=10)
+def square(x: int) -> int:
+    return x * x
+
+
+@app.map(chunk_size=7, batched=True)
+def square_batched(xs: list[int]) -> list[int]:
+    return [x * x for x in xs]
+
+
+@app.map(chunk_size=5, batched=True)
+def wrong_length(xs: list[int]) -> list[int]:
+    return xs[1:]
+
+
+@app.map(chunk_size=4, errors="collect", retries=0)
+def reciprocal(x: float) -> float:
+    return 1 / x
+
+
+@app.map(chunk_size=4, retries=1)
+def reciprocal_or_fail(x: float) -> float:
+    return 1 / x
+
+
+@app.map(chunk_size=1, timeout=60, retries=0)
+def slow_item(payload: dict[str, Any]) -> int:
+    """Sleeps `seconds`, touching `marker` first (so a test knows the batch started)."""
+    Path(payload["marker"]).touch()
+    time.sleep(payload["seconds"])
+    return int(payload["n"])
+
+
+@app.map(chunk_size=4)
+def echo_items(item: Any) -> Any:
+    return item

@@ -21,17 +21,60 @@ async def _sqlite_queue(request: pytest.FixtureRequest) -> Queue:
     return await open_queue(f"sqlite:///{tmp_path / 'queue.db'}")
 
 
+async def _redis_queue(request: pytest.FixtureRequest) -> Queue:
+    return await open_queue(request.getfixturevalue("redis_url"))
+
+
+async def _sqs_queue(request: pytest.FixtureRequest) -> Queue:
+    return await open_queue(request.getfixturevalue("sqs_url"))
+
+
 # A factory opens a fresh, empty queue for one test; it may pull other fixtures (a server
 # URL, a unique key prefix) through `request.getfixturevalue`.
 QUEUE_BACKENDS: dict[str, QueueFactory] = {
     "memory": _memory_queue,
     "sqlite": _sqlite_queue,
+    "redis": _redis_queue,
+    "sqs": _sqs_queue,
 }
+
+# Guarantees beyond the Queue protocol's common core (see queue/base.py). A contract test
+# marked `@pytest.mark.needs("name")` is skipped for a backend listed here as lacking it,
+# with the reason given: every other backend must pass it.
+QUEUE_LACKS: dict[str, dict[str, str]] = {
+    "sqs": {
+        "atomic_put": "SQS enqueues all or none per SendMessageBatch of 10 messages only",
+        "exact_depth": (
+            "SQS depth counts are approximate, and a message waiting out a retry delay is "
+            "'not visible' (in flight) there, not delayed"
+        ),
+        "fifo": "an SQS standard queue keeps order best effort only",
+        "release_all": (
+            "SQS cannot end another consumer's visibility timeout; leased messages come back "
+            "when their leases lapse"
+        ),
+        "subsecond_leases": (
+            "SQS timeouts are whole seconds: a 0.1 s lease hides the message for 1 s, so it "
+            "is fenced at 0.1 s but not deliverable again before 1 s"
+        ),
+    },
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "needs(*capabilities): skip for queue backends in QUEUE_LACKS lacking one"
+    )
 
 
 @pytest.fixture(params=list(QUEUE_BACKENDS))
 async def queue(request: pytest.FixtureRequest, anyio_backend: str) -> AsyncIterator[Queue]:
     """An opened, empty Queue of each backend, closed after the test."""
+    lacks = QUEUE_LACKS.get(request.param, {})
+    for mark in request.node.iter_markers("needs"):
+        for capability in mark.args:
+            if capability in lacks:
+                pytest.skip(f"{request.param} lacks {capability}: {lacks[capability]}")
     opened = await QUEUE_BACKENDS[request.param](request)
     try:
         yield opened

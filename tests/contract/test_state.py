@@ -16,6 +16,7 @@ pytestmark = pytest.mark.anyio
 STATE_URLS: dict[str, Callable[[pytest.FixtureRequest], str]] = {
     "memory": lambda request: "memory://",
     "sqlite": lambda request: f"sqlite:///{request.getfixturevalue('tmp_path') / 'state.db'}",
+    "redis": lambda request: request.getfixturevalue("redis_url"),
 }
 
 

@@ -54,6 +54,7 @@ def create_gateway(jobs: Jobs) -> Starlette:
             Route("/v1/jobs/{job_id}", routes.status, methods=["GET"]),
             Route("/v1/jobs/{job_id}", routes.cancel, methods=["DELETE"]),
             Route("/v1/jobs/{job_id}/result", routes.result, methods=["GET"]),
+            Route("/v1/jobs/{job_id}/events", routes.events, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics.endpoint, methods=["GET"]),

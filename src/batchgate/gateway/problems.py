@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from batchgate.errors import PROBLEM_BASE, BatchgateError, JobCancelled, JobFailed, Overloaded
-from batchgate.models import Job, dumps
+from batchgate.models import Job, JobStatus, dumps
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -27,14 +27,21 @@ def error_response(exc: BatchgateError, instance: str | None = None) -> Response
     return problem_response(exc.problem_details(instance), exc.status, headers)
 
 
-def job_problem(job: Job, headers: dict[str, str]) -> Response:
-    """The problem for a failed (500) or cancelled (409) job."""
-    if job.error is not None and job.status.value == "failed":
+def job_error(job: Job) -> BatchgateError:
+    """The error of a failed (500) or cancelled (409) job."""
+    if job.error is not None and job.status is JobStatus.FAILED:
         detail = f"{job.error.type}: {job.error.message}"
-        exc: BatchgateError = JobFailed(detail, job_id=job.id, error=job.error.to_json())
-    else:
-        exc = JobCancelled(f"job {job.id} was cancelled", job_id=job.id)
-    return problem_response(exc.problem_details(f"/v1/jobs/{job.id}"), exc.status, headers)
+        return JobFailed(detail, job_id=job.id, error=job.error.to_json())
+    return JobCancelled(f"job {job.id} was cancelled", job_id=job.id)
+
+
+def job_problem_details(job: Job) -> dict[str, Any]:
+    return job_error(job).problem_details(f"/v1/jobs/{job.id}")
+
+
+def job_problem(job: Job, headers: dict[str, str]) -> Response:
+    """The problem response for a failed (500) or cancelled (409) job."""
+    return problem_response(job_problem_details(job), job_error(job).status, headers)
 
 
 async def batchgate_error_handler(request: Request, exc: Exception) -> Response:

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from batchgate.app import FunctionInfo
+from batchgate.batches import BatchFormat, cut_chunks, join_results
 from batchgate.errors import (
     BadRequest,
     BatchgateError,
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from batchgate.gateway.events import SSE_HEADERS, job_events
 from batchgate.gateway.metrics import Metrics
 from batchgate.gateway.prefer import parse_prefer, query_wait
 from batchgate.gateway.problems import error_response, job_problem
 from batchgate.jobs import Jobs, retry_after_s
-from batchgate.models import Job, JobStatus, dumps, loads
+from batchgate.models import FunctionKind, Job, JobStatus, dumps, loads
 
 
 class Routes:
@@ -37,7 +40,6 @@ class Routes:
         idempotency_key = request.headers.get("idempotency-key")
         if idempotency_key is not None and not 0 < len(idempotency_key) <= 255:
             raise BadRequest("Idempotency-Key must be 1 to 255 characters")
-        body = await self._read_json_body(request, info)
         applied: list[str] = []
         if prefs.respond_async:
             wait_s = 0.0
@@ -47,39 +49,72 @@ class Routes:
             applied.append(f"wait={wait_s:g}")
         else:
             wait_s = self.settings.max_wait_s
+        wants_events = "text/event-stream" in request.headers.get("accept", "")
+        if wants_events:
+            wait_s = 0.0
         self.metrics.submitted.labels(info.name).inc()
         with self.metrics.waiting.track_inprogress():
-            job = await self.jobs.submit(
-                info, body, owner=owner, idempotency_key=idempotency_key, wait_s=wait_s
-            )
+            if info.kind is FunctionKind.MAP:
+                fmt = BatchFormat.from_content_type(request.headers.get("content-type"))
+                chunks = cut_chunks(
+                    self._limited_stream(request), fmt, info.chunk_size, self.settings.max_items
+                )
+                job = await self.jobs.submit_map(
+                    info, chunks, owner=owner, idempotency_key=idempotency_key, wait_s=wait_s
+                )
+            else:
+                fmt = BatchFormat.JSON
+                body = await self._read_json_body(request, info)
+                job = await self.jobs.submit(
+                    info, body, owner=owner, idempotency_key=idempotency_key, wait_s=wait_s
+                )
         headers = {"Job-Id": job.id, "Location": f"/v1/jobs/{job.id}"}
         if applied:
             headers["Preference-Applied"] = ", ".join(applied)
-        return await self._outcome(job, headers)
+        if wants_events:
+            events = await job_events(self.jobs, job.id, owner)
+            return StreamingResponse(
+                events, media_type="text/event-stream", headers={**headers, **SSE_HEADERS}
+            )
+        return await self._outcome(job, headers, fmt)
+
+    async def _limited_stream(self, request: Request) -> AsyncIterator[bytes]:
+        """The request body, refused with 413 once it passes --max-body."""
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}")
+        seen = 0
+        async for piece in request.stream():
+            seen += len(piece)
+            if seen > limit:
+                raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+            yield piece
 
     async def _read_json_body(self, request: Request, info: FunctionInfo) -> bytes:
         media_type = request.headers.get("content-type", "application/json")
         media_type = media_type.split(";")[0].strip().lower()
         if media_type != "application/json" and not media_type.endswith("+json"):
             raise UnsupportedMediaType(f"{info.name} takes application/json, not {media_type!r}")
-        limit = self.settings.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}")
         body = bytearray()
-        async for piece in request.stream():
+        async for piece in self._limited_stream(request):
             body += piece
-            if len(body) > limit:
-                raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
         if not body:
             raise BadRequest("the body is empty; send a JSON value")
         loads(bytes(body))  # validates: malformed or non-UTF-8 JSON is a 400 here
         return bytes(body)
 
-    async def _outcome(self, job: Job, headers: dict[str, str]) -> Response:
+    async def _outcome(
+        self, job: Job, headers: dict[str, str], fmt: BatchFormat = BatchFormat.JSON
+    ) -> Response:
         """200 with the result, the job's problem, or 202 with its status."""
         if job.status is JobStatus.SUCCEEDED:
             self.metrics.finished.labels(job.function, job.status.value).inc()
+            if job.kind is FunctionKind.MAP:
+                chunks = self.jobs.map_result_chunks(job)
+                return StreamingResponse(
+                    join_results(chunks, fmt), media_type=fmt.value, headers=headers
+                )
             result = await self.jobs.result_bytes(job)
             return Response(result, media_type="application/json", headers=headers)
         if job.status.terminal:
@@ -110,7 +145,15 @@ class Routes:
             if wait_s
             else (await self.jobs.get(job_id, owner))
         )
-        return await self._outcome(job, {"Job-Id": job.id, "Location": f"/v1/jobs/{job.id}"})
+        fmt = BatchFormat.from_accept(request.headers.get("accept"))
+        headers = {"Job-Id": job.id, "Location": f"/v1/jobs/{job.id}"}
+        return await self._outcome(job, headers, fmt)
+
+    async def events(self, request: Request) -> Response:
+        owner = self.owner_of(request)
+        last_event_id = request.headers.get("last-event-id")
+        events = await job_events(self.jobs, request.path_params["job_id"], owner, last_event_id)
+        return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def cancel(self, request: Request) -> Response:
         owner = self.owner_of(request)

@@ -2,8 +2,10 @@
 
 Protocol over the inherited stdin/stdout (moved to private fds so user `print` goes to
 stderr): frames of a 4-byte big-endian length and a body. A request body is a mode byte
-(`c` call, `m` map chunk), the function name, a newline and the JSON payload. A reply is
-`\\x00` + JSON result, or `\\x01` + JSON `{type, message[, index]}`.
+(`c` call, `m` map chunk), the function name, a newline and the payload: JSON for a call,
+NDJSON items for a chunk. A reply is `\\x00` + JSON result (for a chunk: the number of failed
+items, a newline, then one NDJSON result line per item), or `\\x01` + JSON
+`{type, message[, index]}`.
 """
 
 from __future__ import annotations
@@ -59,32 +61,40 @@ class Runner:
         name, _, payload = request[1:].partition(b"\n")
         try:
             spec = self.app.spec(name.decode())
-            arg = json.loads(payload)
-            result = self.run_chunk(spec, arg) if mode == b"m" else self.call(spec, arg)
-            return OK + dumps(result)
+            if mode != b"m":
+                return OK + dumps(self.call(spec, json.loads(payload)))
+            items = json.loads(b"[" + payload.rstrip(b"\n").replace(b"\n", b",") + b"]")
+            results = self.run_chunk(spec, items)
+            failed = sum(1 for r in results if isinstance(r, _ItemError))
+            lines = b"".join(dumps(r) + b"\n" for r in results)
+            return OK + str(failed).encode() + b"\n" + lines
         except Exception as exc:
             return ERR + dumps(error_doc(exc))
 
     def run_chunk(self, spec: FunctionSpec, items: list[Any]) -> list[Any]:
         """A map chunk: one result per item, failures collected or raised per the spec."""
         if spec.info.batched:
-            results = self.call(spec, items)
-            if not isinstance(results, list) or len(results) != len(items):
-                got = len(results) if isinstance(results, list) else type(results).__name__
+            returned = self.call(spec, items)
+            if not isinstance(returned, list) or len(returned) != len(items):
+                got = len(returned) if isinstance(returned, list) else type(returned).__name__
                 raise TypeError(
                     f"batched function {spec.info.name!r} must return a list of "
                     f"{len(items)} results, got {got}"
                 )
-            return results
-        results = []
+            return returned
+        results: list[Any] = []
         for index, item in enumerate(items):
             try:
                 results.append(self.call(spec, item))
             except Exception as exc:
                 if spec.info.errors != "collect":
                     raise ItemFailed(index, exc) from exc
-                results.append({"error": error_doc(exc)})
+                results.append(_ItemError(error=error_doc(exc)))
         return results
+
+
+class _ItemError(dict[str, Any]):
+    """A collected item failure: serialised as {"error": {type, message}}, counted as failed."""
 
 
 def _read_exact(stream: IO[bytes], size: int) -> bytes | None:

@@ -15,12 +15,13 @@ from typing import Any
 
 from batchgate.app import FunctionInfo, Registry
 from batchgate.errors import BatchgateError
-from batchgate.jobs import result_key
+from batchgate.keys import result_key
 from batchgate.models import JobError, JobStatus, Task
 from batchgate.queue import Delivery, Queue
 from batchgate.settings import Settings
 from batchgate.state import State
 from batchgate.store import Store
+from batchgate.worker.chunks import ChunkRunner, item_error
 from batchgate.worker.executor import ExecutorPool, Outcome
 
 log = logging.getLogger("batchgate.worker")
@@ -55,6 +56,7 @@ class Worker:
         # Tasks held at once: one running per executor plus as many again waiting, so an
         # executor never idles for a receive round trip.
         self.capacity = pool.size * 2
+        self.chunks = ChunkRunner(queue, state, store, pool)
         self._in_flight: dict[asyncio.Task[None], Delivery] = {}
         self._slot_freed = asyncio.Event()
         self._receiving = True
@@ -124,6 +126,9 @@ class Worker:
         except (ValueError, KeyError, TypeError) as exc:
             await self.queue.dead_letter(delivery, f"undecodable task message: {exc}")
             return
+        if task.chunk is not None:
+            await self._handle_chunk(delivery, task)
+            return
         job = await self.state.start_attempt(task.job_id, delivery.attempt)
         if job is None or job.status.terminal:
             await self.queue.ack(delivery)  # cancelled, or finished by an earlier attempt
@@ -150,6 +155,33 @@ class Worker:
             assert outcome.error is not None
             await self._attempt_failed(delivery, task, info, outcome.error)
 
+    async def _handle_chunk(self, delivery: Delivery, task: Task) -> None:
+        job = await self.state.get_job(task.job_id)
+        if job is None or job.status.terminal:
+            await self.queue.ack(delivery)  # cancelled, failed by another chunk, or expired
+            return
+        try:
+            info = self.registry.get(task.function)
+        except BatchgateError:
+            error = JobError("UnknownFunction", f"no worker knows function {task.function!r}")
+            await self.chunks.give_up(delivery, task, FunctionInfo(task.function), job, error)
+            return
+        if delivery.attempt > info.max_attempts:
+            error = JobError("AttemptsExhausted", f"gave up after {info.max_attempts} attempts")
+            await self.chunks.give_up(delivery, task, info, job, error)
+            return
+        failure = await self.chunks.run(delivery, task, info, job)
+        if failure is None:
+            return
+        error = item_error(task, info.chunk_size, failure)
+        if delivery.attempt >= info.max_attempts:
+            await self.chunks.give_up(delivery, task, info, job, error)
+        else:
+            await self.queue.retry(delivery, self._backoff_s(delivery.attempt))
+
+    def _backoff_s(self, attempt: int) -> float:
+        return backoff_s(attempt, self.settings.retry_backoff_s, self.settings.retry_backoff_max_s)
+
     async def _succeed(self, delivery: Delivery, task: Task, outcome: Outcome) -> None:
         result = outcome.result or b"null"
         fields: dict[str, Any] = {}
@@ -167,9 +199,7 @@ class Worker:
         if delivery.attempt >= info.max_attempts:
             await self._fail(delivery, task, error)
             return
-        delay = backoff_s(
-            delivery.attempt, self.settings.retry_backoff_s, self.settings.retry_backoff_max_s
-        )
+        delay = self._backoff_s(delivery.attempt)
         if await self.state.requeue(task.job_id, delivery.attempt, error) is not None:
             await self.queue.retry(delivery, delay)
 

@@ -1,0 +1,143 @@
+"""Lua scripts of the Redis state (see `batchgate.state.redis` for the data layout).
+
+Each transition is one script: the compare-and-set, its side records and the notice are
+atomic, and the script answers with the job as it now stands (HGETALL), or nil when the
+compare failed. The fences match the SQLite backend's SQL.
+"""
+
+from __future__ import annotations
+
+# KEYS: 1 job, 2 finished, 3 chunks. ARGV: 1 job id, 2 channel, then per script.
+_TRANSITION = """
+local function active(status) return status == 'queued' or status == 'running' end
+local function publish(status)
+  redis.call('PUBLISH', ARGV[2], status)
+  return redis.call('HGETALL', KEYS[1])
+end
+local function companions()
+  local keys = {KEYS[1], KEYS[3]}
+  local ix = redis.call('HGET', KEYS[1], 'ix')
+  if ix and redis.call('GET', ix) == ARGV[1] then keys[3] = ix end
+  return keys
+end
+-- A terminal record: indexed by finish time, and kept for the TTL with its companions.
+local function retire(finished_at, ttl)
+  redis.call('ZADD', KEYS[2], finished_at, ARGV[1])
+  for _, key in ipairs(companions()) do redis.call('EXPIRE', key, ttl) end
+end
+"""
+
+# KEYS: 1 job, 2 finished, 3 idempotency key (absent without one). ARGV: 1 job id,
+# 2 job key prefix, 3 ttl s, 4 '1' if terminal, 5 finished_at or '', then field pairs.
+# Returns {1} created, {0, existing id, its fields} for a repeated key, {2} id taken.
+CREATE = """
+if KEYS[3] then
+  local existing = redis.call('GET', KEYS[3])
+  if existing then
+    local record = redis.call('HGETALL', ARGV[2] .. existing)
+    if #record > 0 then return {0, existing, record} end
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {2} end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+if KEYS[3] then
+  redis.call('SET', KEYS[3], ARGV[1])
+  redis.call('HSET', KEYS[1], 'ix', KEYS[3])
+end
+if ARGV[5] ~= '' then redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1]) end
+if ARGV[4] == '1' then
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  if KEYS[3] then redis.call('EXPIRE', KEYS[3], ARGV[3]) end
+end
+return {1}
+"""
+
+# ARGV: 3 attempt, 4 now. The newest attempt wins; a repeat of it is allowed.
+START_ATTEMPT = (
+    _TRANSITION
+    + """
+local job = redis.call('HMGET', KEYS[1], 's', 'a')
+if not active(job[1]) or tonumber(job[2]) > tonumber(ARGV[3]) then return false end
+redis.call('HSET', KEYS[1], 's', 'running', 'a', ARGV[3])
+redis.call('HSETNX', KEYS[1], 'st', ARGV[4])
+return publish('running')
+"""
+)
+
+# ARGV: 3 attempt, 4 error type, 5 error message.
+REQUEUE = (
+    _TRANSITION
+    + """
+local job = redis.call('HMGET', KEYS[1], 's', 'a')
+if not active(job[1]) or tonumber(job[2]) ~= tonumber(ARGV[3]) then return false end
+redis.call('HSET', KEYS[1], 's', 'queued', 'et', ARGV[4], 'em', ARGV[5])
+return publish('queued')
+"""
+)
+
+# ARGV: 3 attempt or '' (unfenced), 4 status, 5 now, 6 ttl s, then the pairs of the
+# outcome fields given (r, rr, et, em); the others are cleared.
+FINISH = (
+    _TRANSITION
+    + """
+local job = redis.call('HMGET', KEYS[1], 's', 'a')
+if not active(job[1]) then return false end
+if ARGV[3] ~= '' and tonumber(job[2]) ~= tonumber(ARGV[3]) then return false end
+redis.call('HDEL', KEYS[1], 'r', 'rr', 'et', 'em')
+redis.call('HSET', KEYS[1], 's', ARGV[4], 'fi', ARGV[5], unpack(ARGV, 7))
+retire(ARGV[5], ARGV[6])
+return publish(ARGV[4])
+"""
+)
+
+REOPEN = (
+    _TRANSITION
+    + """
+if redis.call('HGET', KEYS[1], 's') ~= 'failed' then return false end
+redis.call('HSET', KEYS[1], 's', 'queued', 'a', 0)
+redis.call('HDEL', KEYS[1], 'et', 'em', 'fi')
+redis.call('ZREM', KEYS[2], ARGV[1])
+for _, key in ipairs(companions()) do redis.call('PERSIST', key) end
+return publish('queued')
+"""
+)
+
+# ARGV: 3 now, 4 ttl s.
+CANCEL = (
+    _TRANSITION
+    + """
+if not active(redis.call('HGET', KEYS[1], 's')) then return false end
+redis.call('HSET', KEYS[1], 's', 'cancelled', 'fi', ARGV[3])
+retire(ARGV[3], ARGV[4])
+return publish('cancelled')
+"""
+)
+
+# KEYS: 1 job, 2 chunks. ARGV: 1 channel, 2 chunk, 3 done, 4 failed.
+# Returns {counted 1|0, done, failed, total}, or nil for an unknown job.
+RECORD_CHUNK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then
+  local p = redis.call('HMGET', KEYS[1], 'pd', 'pf', 'pt')
+  return {0, p[1], p[2], p[3]}
+end
+local ttl_ms = redis.call('PTTL', KEYS[1])
+if ttl_ms > 0 then redis.call('PEXPIRE', KEYS[2], ttl_ms) end
+local done = redis.call('HINCRBY', KEYS[1], 'pd', ARGV[3])
+local failed = redis.call('HINCRBY', KEYS[1], 'pf', ARGV[4])
+redis.call('PUBLISH', ARGV[1], 'progress')
+return {1, done, failed, redis.call('HGET', KEYS[1], 'pt')}
+"""
+
+# KEYS: 1 finished. ARGV: 1 key prefix, then job ids.
+DELETE = """
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local key = ARGV[1] .. 'job:' .. id
+  local ix = redis.call('HGET', key, 'ix')
+  if ix and redis.call('GET', ix) == id then redis.call('DEL', ix) end
+  redis.call('DEL', key, ARGV[1] .. 'chunks:' .. id)
+  redis.call('ZREM', KEYS[1], id)
+end
+return #ARGV - 1
+"""

@@ -1,0 +1,196 @@
+"""Job notices over Redis pub/sub: one shared subscriber connection per RedisState.
+
+Each job has a channel `<prefix>job:<id>`. The first watch of a job subscribes its channel
+and returns only once Redis has confirmed the subscription, so a notice published after
+`watch` is entered cannot be missed; the last watch to leave unsubscribes. Subscribes and
+unsubscribes made during one event-loop turn go out in one write.
+
+A background task owns the connection: a reader dispatches messages to the watches'
+mailboxes. If the connection drops (or stops answering PING), it reconnects, subscribes
+every watched channel again and then wakes every watch, since notices published in the
+gap are lost: a lost notice costs a re-read, never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import TYPE_CHECKING, Any
+
+from batchgate.errors import BackendError
+from batchgate.redis_db import is_connection_error
+from batchgate.state.notices import LocalWatch
+
+if TYPE_CHECKING:
+    from redis.asyncio.connection import AbstractConnection
+
+# No traffic for this long and the reader sends a PING; no reply by the next period and
+# the connection counts as dead.
+PING_INTERVAL_S = 30.0
+# How long entering `watch` waits for Redis to confirm the subscription.
+SUBSCRIBE_TIMEOUT_S = 10.0
+RECONNECT_MIN_S = 0.05
+RECONNECT_MAX_S = 2.0
+
+
+class RedisNotices:
+    """Watches of job channels multiplexed on one pub/sub connection."""
+
+    def __init__(self, connect: Callable[[], AbstractConnection], channel_prefix: str) -> None:
+        self._connect = connect
+        self._channel_prefix = channel_prefix
+        self._watches: dict[bytes, set[LocalWatch]] = {}
+        # Channels the connection should be subscribed to -> confirmation of the SUBSCRIBE.
+        self._subscribed: dict[bytes, asyncio.Future[None]] = {}
+        # Ordered (command, channel) changes not yet written, and the futures of the
+        # subscribes written but not yet confirmed, per channel in sending order.
+        self._pending: list[tuple[bytes, bytes, asyncio.Future[None] | None]] = []
+        self._unconfirmed: dict[bytes, collections.deque[asyncio.Future[None]]] = {}
+        self._resubscribing = 0
+        self._reconnecting = False
+        self._dirty = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @asynccontextmanager
+    async def watch(self, job_id: str) -> AsyncIterator[LocalWatch]:
+        """Subscribe to a job's channel for the block; returns once Redis confirmed it."""
+        if self._closed:
+            raise BackendError("redis state is closed")
+        self._start()
+        channel = (self._channel_prefix + job_id).encode()
+        mailbox = LocalWatch()
+        watches = self._watches.setdefault(channel, set())
+        watches.add(mailbox)
+        try:
+            confirmed = self._subscribed.get(channel)
+            if confirmed is None:
+                confirmed = asyncio.get_running_loop().create_future()
+                self._subscribed[channel] = confirmed
+                self._change(b"SUBSCRIBE", channel, confirmed)
+            if not confirmed.done():
+                try:
+                    async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
+                        await asyncio.shield(confirmed)
+                except TimeoutError:
+                    raise BackendError(
+                        f"redis did not confirm a subscription within {SUBSCRIBE_TIMEOUT_S} s"
+                    ) from None
+            yield mailbox
+        finally:
+            watches.discard(mailbox)
+            if not watches and self._watches.get(channel) is watches:
+                del self._watches[channel]
+                self._subscribed.pop(channel, None)
+                self._change(b"UNSUBSCRIBE", channel, None)
+
+    async def aclose(self) -> None:
+        """Stop the background task and close the connection."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+        for confirmed in self._subscribed.values():
+            confirmed.cancel()
+
+    def _start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="redis-notices")
+        elif self._task.done():
+            exc = None if self._task.cancelled() else self._task.exception()
+            raise BackendError(f"the redis notice reader stopped: {exc!r}")
+
+    def _change(
+        self, command: bytes, channel: bytes, confirmed: asyncio.Future[None] | None
+    ) -> None:
+        if self._task is not None and not self._closed:
+            self._pending.append((command, channel, confirmed))
+            self._dirty.set()
+
+    async def _run(self) -> None:
+        """Keep a subscribed connection: connect, resubscribe, read, and again on a drop."""
+        backoff_s = RECONNECT_MIN_S
+        while True:
+            conn = self._connect()
+            try:
+                await conn.connect()  # type: ignore[no-untyped-call]
+                await self._resubscribe(conn)
+                self._reconnecting = True  # from now on, a resubscribe follows a drop
+                backoff_s = RECONNECT_MIN_S
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self._read(conn), name="redis-notices-read")
+                    tasks.create_task(self._write(conn), name="redis-notices-write")
+            except* Exception as group:
+                if not all(is_connection_error(exc) for exc in group.exceptions):
+                    raise
+            finally:
+                await conn.disconnect()
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, RECONNECT_MAX_S)
+
+    async def _resubscribe(self, conn: AbstractConnection) -> None:
+        """On a new connection: subscribe every wanted channel; changes queued for the
+        old connection are covered by it."""
+        self._pending.clear()
+        self._unconfirmed = {ch: collections.deque([f]) for ch, f in self._subscribed.items()}
+        # Wake every watch once these confirmations are in, unless this is the first
+        # connection (nothing can have been missed yet).
+        self._resubscribing = len(self._subscribed) if self._reconnecting else 0
+        if self._subscribed:
+            await conn.send_command(b"SUBSCRIBE", *self._subscribed, check_health=False)
+
+    async def _write(self, conn: AbstractConnection) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            changes, self._pending = self._pending, []
+            commands: list[list[Any]] = []
+            for command, channel, confirmed in changes:
+                if confirmed is not None:
+                    self._unconfirmed.setdefault(channel, collections.deque()).append(confirmed)
+                if commands and commands[-1][0] == command:
+                    commands[-1].append(channel)
+                else:
+                    commands.append([command, channel])
+            if commands:
+                packed = conn.pack_commands(commands)
+                await conn.send_packed_command(packed, check_health=False)
+
+    async def _read(self, conn: AbstractConnection) -> None:
+        ping_sent = False
+        while True:
+            reply = await conn.read_response(timeout=PING_INTERVAL_S)
+            if reply is None:  # quiet for a whole interval
+                if ping_sent:
+                    raise ConnectionError("redis pub/sub connection stopped answering PING")
+                await conn.send_command(b"PING", check_health=False)
+                ping_sent = True
+                continue
+            ping_sent = False
+            if not isinstance(reply, list):
+                continue  # +PONG once no channel is subscribed
+            kind, channel = reply[0], reply[1]
+            if kind == b"message":
+                for mailbox in self._watches.get(channel, ()):
+                    mailbox.notify()
+            elif kind == b"subscribe":
+                self._confirm(channel)
+
+    def _confirm(self, channel: bytes) -> None:
+        queue = self._unconfirmed.get(channel)
+        if queue:
+            confirmed = queue.popleft()
+            if not confirmed.done():
+                confirmed.set_result(None)
+            if not queue:
+                del self._unconfirmed[channel]
+        if self._resubscribing:
+            self._resubscribing -= 1
+            if not self._resubscribing:
+                # Resubscribed after a drop: whatever was published meanwhile is lost.
+                for watches in self._watches.values():
+                    for mailbox in watches:
+                        mailbox.notify()
