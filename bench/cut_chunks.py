@@ -1,7 +1,8 @@
 """Time `batchgate.batches.cut_chunks` on 1M-item bodies fed in 64 KiB reads.
 
-A benchmark, not a test: it prints items/s per case and writes them to
-bench/results/cut_chunks.json; it never fails on speed.
+A benchmark, not a test: it prints items/s per case, with the ratio to a baseline run
+alongside (one `json.loads` of the whole batch: the stdlib's parsing floor), and writes
+them to bench/results/cut_chunks.json; it never fails on speed.
 
     .venv/bin/python bench/cut_chunks.py [--items 1000000] [--chunk-size 100] [--repeat 3]
 """
@@ -55,6 +56,15 @@ async def cut_all(body: bytes, fmt: BatchFormat, chunk_size: int) -> tuple[int, 
     return cutter.items, largest
 
 
+def baseline(body: bytes, fmt: BatchFormat) -> float:
+    """Seconds for one json.loads of the whole batch, as a JSON array."""
+    if fmt is BatchFormat.NDJSON:
+        body = b"[" + body.rstrip(b"\n").replace(b"\n", b",") + b"]"
+    started = time.perf_counter()
+    json.loads(body)
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1_000_000)
@@ -71,11 +81,12 @@ def main() -> None:
     }
     for name, (fmt, make) in CASES.items():
         body = make_body(fmt, make, args.items)
-        best = float("inf")
+        best = floor = float("inf")
         for _ in range(args.repeat):
             started = time.perf_counter()
             count, largest = asyncio.run(cut_all(body, fmt, args.chunk_size))
             best = min(best, time.perf_counter() - started)
+            floor = min(floor, baseline(body, fmt))
         assert count == args.items, (name, count)
         rate = args.items / best
         results["cases"][name] = {
@@ -84,10 +95,13 @@ def main() -> None:
             "items_per_s": round(rate),
             "mb_per_s": round(len(body) / best / 1e6, 1),
             "largest_chunk_bytes": largest,
+            "baseline_json_loads_s": round(floor, 3),
+            "ratio_to_baseline": round(best / floor, 2),
         }
         print(
-            f"{name:15s} {len(body) / 1e6:7.1f} MB  {best:6.3f} s  "
-            f"{rate / 1e6:5.2f} M items/s  {len(body) / best / 1e6:6.1f} MB/s"
+            f"{name:15s} {len(body) / 1e6:6.1f} MB  {best:6.3f} s  "
+            f"{rate / 1e6:5.2f} M items/s  {len(body) / best / 1e6:6.1f} MB/s  "
+            f"json.loads {floor:6.3f} s  x{best / floor:.2f}"
         )
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")

@@ -280,6 +280,12 @@ def run_wrk(wrk: str, lua: Path, url: str, connections: int, seconds: int, threa
     )
 
 
+def load_avg() -> tuple[float, float, float]:
+    """The 1, 5 and 15 minute load averages, to two decimals."""
+    one, five, fifteen = (round(x, 2) for x in os.getloadavg())
+    return one, five, fifteen
+
+
 def _machine_busy_s() -> float:
     """Busy CPU-seconds of the whole machine since boot (/proc/stat)."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
@@ -306,7 +312,7 @@ def other_cpu(result: ModeResult) -> Iterator[None]:
 
 def measure(mode: str, tmp: Path, args: argparse.Namespace, wrk: str, lua: Path) -> ModeResult:
     """Start the mode's target, warm it up, measure each concurrency, stop it."""
-    result = ModeResult(mode, "ok", load_avg_before=os.getloadavg())
+    result = ModeResult(mode, "ok", load_avg_before=load_avg())
     try:
         with other_cpu(result), TARGETS[mode](tmp) as url:
             run_wrk(wrk, lua, url, WARMUP_CONNECTIONS, args.warmup, args.threads)
@@ -344,7 +350,7 @@ def machine_facts() -> dict[str, Any]:
         "python": platform.python_version(),
         "batchgate_commit": commit,
         "packages": versions,
-        "load_avg_start": os.getloadavg(),
+        "load_avg_start": load_avg(),
     }
 
 
@@ -373,6 +379,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the selected modes one after another; 1 if a target failed or answered badly."""
     args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so every started process is stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     wrk = ensure_wrk()
     started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     facts = machine_facts()
@@ -389,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "started_at": started,
         "machine": facts,
-        "load_avg_end": os.getloadavg(),
+        "load_avg_end": load_avg(),
         "settings": {
             "seconds": args.seconds,
             "warmup_s": args.warmup,

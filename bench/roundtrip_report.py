@@ -125,6 +125,8 @@ def print_tables(results: list[ModeResult], table: dict[str, Any]) -> None:
         ("round trip", FIGURE_HEADERS, figure_rows(results)),
         ("mode ÷ baseline", RATIO_HEADERS, ratio_rows(table)),
     ):
+        if not rows:
+            continue
         t = Table(title=title, box=box.SIMPLE_HEAD)
         for header in headers:
             t.add_column(header, justify="left" if header == "mode" else "right")
@@ -136,7 +138,7 @@ def print_tables(results: list[ModeResult], table: dict[str, Any]) -> None:
 
 
 def _md_table(headers: list[str], rows: list[list[str]]) -> str:
-    titles = [h.replace("\n", " ") for h in headers]
+    titles = [h.replace("-\n", "-").replace("\n", " ") for h in headers]
     lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
@@ -165,10 +167,13 @@ def markdown(report: dict[str, Any], results: list[ModeResult]) -> str:
         f"# Round trip of a no-op job — {report['started_at']}",
         _md_facts(report),
         _md_table(FIGURE_HEADERS, figure_rows(results)),
-        "Ratios are mode ÷ baseline, same run: for p50, above 1 is slower; "
-        "for req/s, below 1 is fewer.",
-        _md_table(RATIO_HEADERS, ratio_rows(report["ratios"])),
     ]
+    if ratio_rows(report["ratios"]):
+        parts.append(
+            "Ratios are mode ÷ baseline, same run: for p50, above 1 is slower; "
+            "for req/s, below 1 is fewer."
+        )
+        parts.append(_md_table(RATIO_HEADERS, ratio_rows(report["ratios"])))
     if notes(results):
         parts.append("Notes:\n\n" + "\n".join(f"- {n}" for n in notes(results)))
     return "\n\n".join(parts)

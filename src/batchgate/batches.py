@@ -30,6 +30,7 @@ NDJSON_MEDIA_TYPES = frozenset(
 )
 _JSON_WS = " \t\n\r"
 _SKIP_WS = re.compile(r"[ \t\n\r]*")
+_CONTAINER_OR_STRING = re.compile(r'["\[{]')
 # Text parsed per JSON-array attempt: bounds the values held at once for a huge read.
 _WINDOW_CHARS = 1 << 20
 # NDJSON lines validated per json.loads call (a longer list only adds GC work).
@@ -308,7 +309,10 @@ class _NdjsonSplitter(_Splitter):
         raw = text.split("\n")
         self._lines_before += len(raw)
         self._offset += len(region) + newline_after
-        stripped = list(map(str.strip, raw, repeat(_JSON_WS)))
+        if " " in text or "\t" in text or "\r" in text:
+            stripped = list(map(str.strip, raw, repeat(_JSON_WS)))
+        else:
+            stripped = raw
         lines = list(filter(None, stripped))
         if not lines:
             return
@@ -332,6 +336,12 @@ def _valid_lines(lines: list[str]) -> bool:
     if len(lines) == 1:
         text = "[" + lines[0] + "]"
         sentinel = ""
+    elif _CONTAINER_OR_STRING.search(joined := ",".join(lines)) is None:
+        # Numbers and literals only: lines cannot merge, so n items means one per line.
+        try:
+            return len(_DECODER.decode("[" + joined + "]")) == len(lines)
+        except (ValueError, RecursionError):
+            return False
     else:
         sentinel = _sentinel()
         text = "[" + f',\n"{sentinel}",\n'.join(lines) + "]"
@@ -365,7 +375,7 @@ def _parse_problem(line: str) -> tuple[str, int | None] | None:
     try:
         _, end = _DECODER.raw_decode(line)
     except json.JSONDecodeError as exc:
-        return exc.msg, exc.pos
+        return _reason(exc), exc.pos
     except ValueError as exc:
         return str(exc), None
     except RecursionError:
@@ -551,7 +561,7 @@ class _ArraySplitter(_Splitter):
             )
             if truncated and not eof:
                 return None
-            raise self._fail(f"item {index} is not valid JSON: {exc.msg}", exc.pos) from None
+            raise self._fail(f"item {index} is not valid JSON: {_reason(exc)}", exc.pos) from None
         except ValueError as exc:
             raise self._fail(f"item {index} is not valid JSON: {exc}", pos) from None
         except RecursionError:
@@ -566,6 +576,11 @@ class _ArraySplitter(_Splitter):
         self._queue([value])
         self._state = self._END if buf[sep] == "]" else self._ITEM
         return sep + 1
+
+
+def _reason(exc: json.JSONDecodeError) -> str:
+    # "Unterminated string starting at" reads oddly once the position moves elsewhere.
+    return exc.msg.removesuffix(" at").removesuffix(" starting")
 
 
 def _skip_ws(text: str, pos: int) -> int:

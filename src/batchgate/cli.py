@@ -127,7 +127,38 @@ def serve(app_ref: str, **flags: Any) -> None:
         f"with {settings.workers} executors (data in {settings.data_dir})",
         err=True,
     )
-    run(serve_all(app_ref, settings))
+    run(serve_all(app_ref, settings, owns_queue=True))
+
+
+@main.command()
+@click.argument("app_ref", metavar="[APP]", required=False)
+@_apply(backend_options + gateway_options)
+@_fail_cleanly
+def gateway(app_ref: str | None, **flags: Any) -> None:
+    """Run only the HTTP gateway. Without APP it learns the functions the workers publish."""
+    from batchgate.server import run
+    from batchgate.server import serve as serve_all
+
+    flags["api_keys"] = flags["api_keys"] or None
+    settings = _settings(**flags)
+    click.echo(f"batchgate gateway on http://{settings.host}:{settings.port}", err=True)
+    run(serve_all(app_ref, settings, run_worker=False))
+
+
+@main.command()
+@click.argument("app_ref", metavar="APP")
+@_apply(backend_options)
+@click.option("--concurrency", "workers", type=int, default=None,
+              help="Executor processes [number of CPUs].")
+@_fail_cleanly
+def worker(app_ref: str, **flags: Any) -> None:
+    """Run only a worker: executors for APP's functions, fed from the queue."""
+    from batchgate.server import run
+    from batchgate.server import serve as serve_all
+
+    settings = _settings(**flags)
+    click.echo(f"batchgate worker for {app_ref} with {settings.workers} executors", err=True)
+    run(serve_all(app_ref, settings, run_gateway=False))
 
 
 @main.group()
@@ -164,9 +195,7 @@ def dlq_redrive(message_ids: tuple[str, ...], redrive_all: bool, **flags: Any) -
 
 @main.command("submit")
 @click.argument("function")
-@click.argument(
-    "file", default="-", type=click.Path(exists=True, dir_okay=False, allow_dash=True)
-)
+@click.argument("file", default="-", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="Gateway URL.")
 @click.option("--api-key", default=None, help="API key, sent as Authorization: Bearer KEY.")
 @click.option(
@@ -182,28 +211,54 @@ def submit_cmd(
 ) -> None:
     """Send FILE (JSON or NDJSON; - for stdin) to FUNCTION and write its result.
 
-    A map function gets the file streamed as a batch, with progress shown while it runs;
+    A map function gets the file streamed as a batch, and progress shows while it runs;
     the result comes back in the input's format. Any other function gets the file's JSON
     value. Exit status: 0 done, 1 the job failed or the server refused, 2 usage error.
     """
+    import contextlib
     import json
 
     import httpx
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress
-    from rich.progress import TaskProgressColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TransferSpeedColumn,
+    )
 
     from batchgate.client import Client
+    from batchgate.errors import NotFound
+    from batchgate.models import dumps
 
-    source = click.get_binary_stream("stdin") if file == "-" else Path(file)
+    stdin = sys.stdin.buffer
     if fmt is None:
         fmt = "ndjson" if Path(file).suffix.lower() in (".ndjson", ".jsonl") else "json"
     console = Console(stderr=True)
-    job_id = None
+    quiet = not console.is_terminal
+
+    class CountingReader:
+        """The input file, reporting each read to the upload bar."""
+
+        def __init__(self, on_read: Callable[[int], object]) -> None:
+            self.file = stdin if file == "-" else open(file, "rb")  # noqa: SIM115
+            self.on_read = on_read
+
+        def read(self, size: int = -1) -> bytes:
+            piece: bytes = self.file.read(size)
+            self.on_read(len(piece))
+            return piece
+
+        def close(self) -> None:
+            if self.file is not stdin:
+                self.file.close()
 
     def write(pieces: Any) -> None:
         first = next(pieces, b"")  # waits for the outcome before creating the output file
-        out = click.get_binary_stream("stdout") if output == "-" else open(output, "wb")  # noqa: SIM115
+        out = sys.stdout.buffer if output == "-" else open(output, "wb")  # noqa: SIM115
         try:
             out.write(first)
             for piece in pieces:
@@ -212,6 +267,7 @@ def submit_cmd(
             if output != "-":
                 out.close()
 
+    job_id = None
     try:
         with Client(url, api_key, poll_s=30.0) as client:
             kinds = {f["name"]: f.get("kind") for f in client.functions()}
@@ -219,42 +275,36 @@ def submit_cmd(
                 known = ", ".join(sorted(kinds)) or "none"
                 raise NotFound(f"the gateway has no function {function!r} (it has: {known})")
             if kinds[function] != "map":
-                raw = source.read_bytes() if isinstance(source, Path) else source.read()
+                raw = stdin.read() if file == "-" else Path(file).read_bytes()
                 try:
                     payload = json.loads(raw)
                 except ValueError as exc:
                     raise click.UsageError(f"{file} is not valid JSON: {exc}") from None
                 result = client.run(function, payload)
-                body = result if isinstance(result, bytes) else models.dumps(result) + b"\n"
-                write(iter([body]))
+                write(iter([result if isinstance(result, bytes) else dumps(result) + b"\n"]))
                 return
-            bars = Progress(
-                TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-                MofNCompleteColumn(), TimeElapsedColumn(), console=console,
-                disable=not console.is_terminal, transient=True,
-            )  # fmt: skip
-            with bars:
-                size = source.stat().st_size if isinstance(source, Path) else None
+            size = None if file == "-" else Path(file).stat().st_size
+            columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn())
+            with Progress(
+                TextColumn("upload"), *columns, console=console, disable=quiet, transient=True
+            ) as bars:
                 upload = bars.add_task("upload", total=size)
-                reader = _CountingReader(
-                    source.open("rb") if isinstance(source, Path) else source,
-                    lambda n: bars.advance(upload, n),
-                )
-                bars.columns = (*bars.columns[:3], DownloadColumn(), bars.columns[-1])
-                with reader:
+                reader = CountingReader(lambda n: bars.advance(upload, n))
+                try:
                     handle = client.submit(function, file=reader, format=fmt)
-                job_id = handle.id
-                bars.update(upload, completed=reader.count, total=reader.count, visible=False)
-                items = bars.add_task(f"job {handle.id}", total=None)
-                with contextlib.suppress(BatchgateError):  # the result call reports errors
+                finally:
+                    reader.close()
+            job_id = handle.id
+            with Progress(
+                TextColumn(f"job {handle.id}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), console=console, disable=quiet,
+            ) as bars:  # fmt: skip
+                items = bars.add_task("items", total=None)
+                with contextlib.suppress(BatchgateError):  # fetching the result reports them
                     for event in handle.events():
-                        progress = event.progress
-                        if progress is not None:
-                            bars.update(
-                                items,
-                                completed=progress.done + progress.failed,
-                                total=progress.total or None,
-                            )
+                        if (progress := event.progress) is not None:
+                            done = progress.done + progress.failed
+                            bars.update(items, completed=done, total=progress.total or None)
                         if event.terminal:
                             break
             write(handle.stream_result(format=fmt))
@@ -268,28 +318,6 @@ def submit_cmd(
         if job_id is not None:
             click.echo(f"batchgate: interrupted; job {job_id} goes on", err=True)
         sys.exit(130)
-
-
-class _CountingReader:
-    """A binary file that reports how many bytes were read (for the upload bar)."""
-
-    def __init__(self, file: Any, on_read: Callable[[int], object]) -> None:
-        self.file = file
-        self.on_read = on_read
-        self.count = 0
-
-    def read(self, size: int = -1) -> bytes:
-        piece: bytes = self.file.read(size)
-        self.count += len(piece)
-        self.on_read(len(piece))
-        return piece
-
-    def __enter__(self) -> _CountingReader:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.file is not click.get_binary_stream("stdin"):
-            self.file.close()
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from collections.abc import (
     Mapping,
 )
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.to_thread
@@ -49,7 +49,15 @@ _PIECE_BYTES = 64 * 1024  # upload piece size
 _EVENT_RECONNECTS = 3  # reconnects in a row that bring no event before events() gives up
 _MISSING: Any = object()
 _STREAM_DROPPED = (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError)
-FileSource = str | os.PathLike[str] | IO[bytes]
+
+
+class Readable(Protocol):
+    """A binary file, or anything with its `read`."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+FileSource = str | os.PathLike[str] | Readable
 
 
 # -- problem documents -> exceptions ------------------------------------------------------

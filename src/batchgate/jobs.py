@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator
 
 from batchgate.app import FunctionInfo, Registry
-from batchgate.errors import IdempotencyConflict, NotFound, Overloaded
+from batchgate.errors import BackendError, IdempotencyConflict, NotFound, Overloaded
 from batchgate.keys import (
     chunk_input_key,
     chunk_result_key,
@@ -193,7 +193,10 @@ class Jobs:
                 break
             # A lost notice costs at most one re-read interval, never a hung request.
             await watch.wait_notice(min(remaining, reread_s))
-            fresh = await self.state.get_job(job.id)
+            try:
+                fresh = await self.state.get_job(job.id)
+            except BackendError:
+                continue  # the state backend is restarting: the job is durable, keep waiting
             if fresh is None:
                 raise NotFound(f"job {job.id!r} expired while waiting", job_id=job.id)
             job = fresh

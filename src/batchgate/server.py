@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import fcntl
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -32,6 +33,8 @@ from batchgate.worker.runtime import Worker
 log = logging.getLogger("batchgate")
 
 CLEANUP_INTERVAL_S = 60.0
+# How often a gateway without APP re-reads the workers' function manifest.
+MANIFEST_REFRESH_S = 5.0
 
 
 class _Server(uvicorn.Server):
@@ -130,48 +133,58 @@ async def serve(
     *,
     run_gateway: bool = True,
     run_worker: bool = True,
-    ready: Callable[[], None] | None = None,
+    owns_queue: bool = False,
 ) -> None:
-    """Run a gateway and/or a worker until SIGINT or SIGTERM, then drain and exit."""
+    """Run a gateway and/or a worker until SIGINT or SIGTERM, then drain and exit.
+
+    `owns_queue` (the all-in-one server): this process alone serves its embedded queue, so
+    on start it re-queues the tasks an earlier process left leased.
+    """
     if run_gateway:
         check_bind(settings)
+    if run_worker and app_ref is None:
+        raise ConfigError("a worker needs APP: the functions it runs")
     app = load_app(app_ref) if app_ref else None
     stop = asyncio.Event()
     _install_stop_signals(stop)
-    with exclusive_queue_file(settings) if run_worker else contextlib.nullcontext(False) as owns:
+    with exclusive_queue_file(settings) if owns_queue else contextlib.nullcontext(False) as owns:
         async with open_backends(settings) as (queue, state, store):
             if owns:
                 released = await queue.release_all()
                 if released:
                     log.info("re-queued %d tasks left running by an earlier process", released)
-            registry = await _registry(app, state)
+            registry = app.registry() if app is not None else Registry({})
             jobs = Jobs(registry, queue, state, store, settings)
             async with asyncio.TaskGroup() as group:
                 if run_worker:
-                    assert app_ref is not None and app is not None
+                    assert app_ref is not None
                     pool = ExecutorPool(app_ref, settings.workers)
                     await pool.start()
                     await state.put_manifest(dumps(registry.manifest()))
                     worker = Worker(registry, queue, state, store, pool, settings)
                     group.create_task(_run_worker(worker, pool, stop), name="worker")
                     group.create_task(_until(stop, _cleanup_loop(jobs)), name="cleanup")
+                if app is None:
+                    await _load_manifest(jobs)
+                    group.create_task(_until(stop, _manifest_loop(jobs)), name="manifest")
                 if run_gateway:
                     server = _Server(_uvicorn_config(jobs, settings))
                     group.create_task(_run_gateway(server, jobs, stop), name="gateway")
-                if ready is not None:
-                    ready()
 
 
-async def _registry(app: Any, state: State) -> Registry:
-    if app is not None:
-        registry: Registry = app.registry()
-        return registry
-    import json
+async def _load_manifest(jobs: Jobs) -> None:
+    """Learn the functions from the manifest the workers publish (no APP import needed)."""
+    manifest = await jobs.state.get_manifest()
+    if manifest is not None:
+        jobs.registry = Registry.from_manifest(json.loads(manifest))
 
-    manifest = await state.get_manifest()
-    if manifest is None:
-        raise ConfigError("no APP given and no worker has published its functions yet")
-    return Registry.from_manifest(json.loads(manifest))
+
+async def _manifest_loop(jobs: Jobs) -> None:
+    if len(jobs.registry) == 0:
+        log.warning("no worker has published its functions yet; every function is 404 for now")
+    while True:
+        await asyncio.sleep(MANIFEST_REFRESH_S)
+        await _load_manifest(jobs)
 
 
 async def _run_worker(worker: Worker, pool: ExecutorPool, stop: asyncio.Event) -> None:

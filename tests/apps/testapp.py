@@ -103,3 +103,13 @@ def slow_item(payload: dict[str, Any]) -> int:
 @app.map(chunk_size=4)
 def echo_items(item: Any) -> Any:
     return item
+
+
+@app.function(retries=0)
+def fails_once(payload: dict[str, str]) -> str:
+    """Fails on its first call ever (remembered in a file), then succeeds."""
+    marker = Path(payload["marker"])
+    if not marker.exists():
+        marker.write_text("failed once")
+        raise RuntimeError("first call fails")
+    return "worked"

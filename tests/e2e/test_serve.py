@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import signal
 import threading
 import time
@@ -272,3 +274,27 @@ def test_meta_endpoints(server: ServeProcess) -> None:
         http.post("/v1/functions/echo", json=1)
         metrics = http.get("/metrics").text
         assert 'batchgate_jobs_submitted_total{function="echo"}' in metrics
+
+
+def test_dead_letters_are_listed_and_redriven(server: ServeProcess, tmp_path: Path) -> None:
+    def dlq(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "batchgate", "dlq", *args, "--data-dir", str(server.data_dir)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=server.env)
+
+    with server.client() as http:
+        r = http.post("/v1/functions/fails_once", json={"marker": str(tmp_path / "marker")})
+        assert r.status_code == 500
+        job_id = r.headers["job-id"]
+        listed = dlq("list")
+        assert listed.returncode == 0, listed.stderr
+        assert f"job={job_id}" in listed.stdout
+        assert "RuntimeError: first call fails" in listed.stdout
+        message_id = listed.stdout.split()[0]
+        assert dlq("redrive").returncode == 2  # neither ids nor --all: a usage error
+        redriven = dlq("redrive", message_id)
+        assert redriven.returncode == 0, redriven.stderr
+        assert "re-drove 1 task" in redriven.stdout
+        r = http.get(f"/v1/jobs/{job_id}/result", params={"wait": 60})
+        assert r.status_code == 200, r.text
+        assert r.json() == "worked"
+        assert dlq("list").stdout.strip() == ""

@@ -14,7 +14,7 @@ import random
 from typing import Any
 
 from batchgate.app import FunctionInfo, Registry
-from batchgate.errors import BatchgateError
+from batchgate.errors import BackendError, BatchgateError
 from batchgate.keys import result_key
 from batchgate.models import JobError, JobStatus, Task
 from batchgate.queue import Delivery, Queue
@@ -27,6 +27,7 @@ from batchgate.worker.executor import ExecutorPool, Outcome
 log = logging.getLogger("batchgate.worker")
 
 RECEIVE_WAIT_S = 20.0
+OUTAGE_BACKOFF_MAX_S = 5.0
 
 
 def backoff_s(attempt: int, base_s: float, cap_s: float) -> float:
@@ -60,6 +61,7 @@ class Worker:
         self._in_flight: dict[asyncio.Task[None], Delivery] = {}
         self._slot_freed = asyncio.Event()
         self._receiving = True
+        self._outage_s = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until `stop` is set, then drain: finish or release the tasks in hand."""
@@ -79,7 +81,12 @@ class Worker:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
-            deliveries = await self.queue.receive(free, RECEIVE_WAIT_S, self.settings.lease_s)
+            try:
+                deliveries = await self.queue.receive(free, RECEIVE_WAIT_S, self.settings.lease_s)
+            except BackendError as exc:
+                await self._backend_down("receive", exc)
+                continue
+            self._outage_s = 0.0
             for delivery in deliveries:
                 task = asyncio.create_task(self._handle(delivery), name="task")
                 self._in_flight[task] = delivery
@@ -105,20 +112,34 @@ class Worker:
         for delivery in leftovers:
             await self.queue.retry(delivery, 0.0)
 
+    async def _backend_down(self, what: str, exc: BackendError) -> None:
+        """A backend is unreachable (a restart, a network blip): wait and try again, backing
+        off up to OUTAGE_BACKOFF_MAX_S. The loop never dies of it; leases it misses lapse
+        and their tasks are delivered again."""
+        self._outage_s = min(OUTAGE_BACKOFF_MAX_S, max(0.1, self._outage_s * 2))
+        log.warning("%s failed, retrying in %.1f s: %s", what, self._outage_s, exc.message)
+        await asyncio.sleep(self._outage_s)
+
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.lease_s / 3
         while True:
             await asyncio.sleep(interval)
-            for task, delivery in list(self._in_flight.items()):
-                if not await self.queue.extend(delivery, self.settings.lease_s):
-                    # Another attempt owns it now; ours could no longer commit anything.
-                    task.cancel()
-                    continue
-                job_id = _job_id_of(delivery)
-                job = await self.state.get_job(job_id) if job_id else None
-                if job is not None and job.status is JobStatus.CANCELLED:
-                    task.cancel()  # kills the executor running it
-                    await self.queue.ack(delivery)
+            try:
+                await self._heartbeat()
+            except BackendError as exc:
+                log.warning("heartbeat failed: %s", exc.message)
+
+    async def _heartbeat(self) -> None:
+        for task, delivery in list(self._in_flight.items()):
+            if not await self.queue.extend(delivery, self.settings.lease_s):
+                # Another attempt owns it now; ours could no longer commit anything.
+                task.cancel()
+                continue
+            job_id = _job_id_of(delivery)
+            job = await self.state.get_job(job_id) if job_id else None
+            if job is not None and job.status is JobStatus.CANCELLED:
+                task.cancel()  # kills the executor running it
+                await self.queue.ack(delivery)
 
     async def _handle(self, delivery: Delivery) -> None:
         try:
