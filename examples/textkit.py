@@ -60,6 +60,16 @@ def analyze(doc: dict[str, object]) -> dict[str, object]:
     }
 
 
+@app.map(chunk_size=100, timeout=60)
+def keywords(text: str) -> list[str]:
+    """The three most frequent non-stopwords of one text: a batch of texts in, one list each."""
+    if not isinstance(text, str):
+        raise TypeError(f"expected a string, got {type(text).__name__}")
+    words = (w.lower() for w in _WORD.findall(unicodedata.normalize("NFKC", text)))
+    counts = collections.Counter(w for w in words if w not in _STOPWORDS)
+    return [w for w, _ in counts.most_common(3)]
+
+
 @app.function(timeout=120, retries=0)
 def stretch(doc: dict[str, object]) -> dict[str, object]:
     """Derive a key from `{"secret": "...", "salt": "...", "rounds": N}` with PBKDF2-SHA256.

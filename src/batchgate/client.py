@@ -216,10 +216,18 @@ def _headers(
     return headers
 
 
+def _as_format(value: BatchFormat | str) -> BatchFormat:
+    """A BatchFormat from itself, its media type, or `json` / `ndjson` / `jsonl`."""
+    short = {"json": BatchFormat.JSON, "ndjson": BatchFormat.NDJSON, "jsonl": BatchFormat.NDJSON}
+    if isinstance(value, str) and value.lower() in short:
+        return short[value.lower()]
+    return BatchFormat.from_content_type(value)
+
+
 def _file_format(source: FileSource, fmt: BatchFormat | str | None) -> BatchFormat:
     """The explicit format, else `.ndjson`/`.jsonl` -> NDJSON, else JSON."""
     if fmt is not None:
-        return BatchFormat(fmt)
+        return _as_format(fmt)
     name = source if isinstance(source, str | os.PathLike) else getattr(source, "name", "")
     suffix = Path(os.fsdecode(name)).suffix.lower() if isinstance(name, str | os.PathLike) else ""
     return BatchFormat.NDJSON if suffix in (".ndjson", ".jsonl") else BatchFormat.JSON
@@ -363,12 +371,12 @@ class _Poll:
         return max(0.0, min(self.poll_s, self.deadline - self.started))
 
     def pause(self, wait_s: float) -> float:
-        """After a 202: seconds to sleep (a draining server answers at once); raises
-        TimeoutError when the deadline has passed."""
+        """Seconds to sleep after a 202: none after a full wait, the rest of min(1 s,
+        wait) after an early answer (a draining server); TimeoutError past the deadline."""
         now = time.monotonic()
         if self.deadline is not None and now >= self.deadline:
             raise TimeoutError(f"job {self.location} still running after {self.wait:g} s")
-        return 1.0 if wait_s >= 2 and now - self.started < 1 else 0.0
+        return max(0.0, min(1.0, wait_s) - (now - self.started))
 
 
 class _HandleBase:
@@ -506,7 +514,7 @@ class Client(_Base):
 
     def job(self, job_id: str, format: BatchFormat | str = BatchFormat.JSON) -> JobHandle:
         """A handle on an existing job."""
-        return JobHandle(self, job_id, f"/v1/jobs/{job_id}", BatchFormat(format))
+        return JobHandle(self, job_id, f"/v1/jobs/{job_id}", _as_format(format))
 
     def _file_body(self, source: FileSource) -> Iterator[bytes]:
         return _file_pieces(source)
@@ -565,7 +573,7 @@ class JobHandle(_HandleBase):
         self, format: BatchFormat | str | None = None, wait: float | None = None
     ) -> Iterator[bytes]:
         """The raw result body in pieces once the job is done (`format`: the one to ask for)."""
-        fmt = self.format if format is None else BatchFormat(format)
+        fmt = self.format if format is None else _as_format(format)
         with self.client._result(self.location, wait, fmt) as response:
             yield from response.iter_bytes()
 
@@ -706,7 +714,7 @@ class AsyncClient(_Base):
 
     def job(self, job_id: str, format: BatchFormat | str = BatchFormat.JSON) -> AsyncJobHandle:
         """A handle on an existing job."""
-        return AsyncJobHandle(self, job_id, f"/v1/jobs/{job_id}", BatchFormat(format))
+        return AsyncJobHandle(self, job_id, f"/v1/jobs/{job_id}", _as_format(format))
 
     def _file_body(self, source: FileSource) -> AsyncIterator[bytes]:
         return _aiter_file(source)
@@ -769,7 +777,7 @@ class AsyncJobHandle(_HandleBase):
         self, format: BatchFormat | str | None = None, wait: float | None = None
     ) -> AsyncIterator[bytes]:
         """The raw result body in pieces once the job is done (`format`: the one to ask for)."""
-        fmt = self.format if format is None else BatchFormat(format)
+        fmt = self.format if format is None else _as_format(format)
         async with self.client._result(self.location, wait, fmt) as response:
             async for piece in response.aiter_bytes():
                 yield piece

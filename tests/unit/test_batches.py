@@ -283,7 +283,7 @@ def test_join_of_no_chunks() -> None:
 
 
 def test_whitespace_and_bom() -> None:
-    body = "\ufeff\t[\n1 ,\r\n 2\n,\"a b\"]\n  ".encode()
+    body = '\ufeff\t[\n1 ,\r\n 2\n,"a b"]\n  '.encode()
     assert items_of(cut(body, JSON, 10, 1), 10) == [1, 2, "a b"]
     assert items_of(cut("\ufeff1\n2\n".encode(), NDJSON, 10), 10) == [1, 2]
 
