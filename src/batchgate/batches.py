@@ -1,10 +1,12 @@
 """Batch bodies of map jobs: cut a streamed JSON array or NDJSON body into NDJSON chunks,
 and join per-chunk NDJSON results back into one JSON array or NDJSON stream.
 
-The chunk format, used for inputs and results alike: one item per line, each line one
-complete JSON value with no raw newline, tab or carriage return, every line ending in `\\n`.
-NDJSON input lines are kept as sent (minus surrounding whitespace); items of a JSON array
-are re-dumped compactly. Nothing here does I/O besides iterating the iterables it is given.
+The chunk format, for inputs and results alike: one item per line, each line one complete
+JSON value with no raw newline, tab or carriage return, every line ending in `\\n`.
+An NDJSON line keeps its text; so does an object or array item of a JSON array; scalar
+items of an array are re-dumped compactly. Raw tabs, CRs and newlines (whitespace, in
+valid JSON) are dropped, so a chunk's bytes depend only on the body, never on how it was
+split into reads. Nothing here does I/O besides iterating the iterables it is given.
 """
 
 from __future__ import annotations
@@ -220,8 +222,8 @@ def _list_encoder() -> Callable[[list[Any]], Iterable[str]]:
 
 _ENCODE = _list_encoder()
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-# Between two objects (arrays) of a JSON array: in valid JSON this text only ever sits
-# between two values of the same array, or inside a string.
+# The gap between two objects (arrays) in an array; elsewhere in valid JSON this text can
+# only sit inside a string.
 _BETWEEN = {
     "{": re.compile(r"\}[ \t\n\r]*,[ \t\n\r]*\{"),
     "[": re.compile(r"\][ \t\n\r]*,[ \t\n\r]*\["),
@@ -420,32 +422,31 @@ class _ArraySplitter(_Splitter):
             )
         return self._take(final=True)
 
-    def _queue(self, values: list[Any], text: str | None = None) -> None:
-        """Count and queue parsed items as lines; `text` is their source, if known valid."""
-        self._check_count(len(values))
-        self.items += len(values)
-        lines: list[str] | None = None
-        kinds = set(map(type, values))
-        if text is not None and len(kinds) == 1 and (kinds <= {dict, list}):
-            # Objects (arrays) only: each gap between two of them matches _BETWEEN, so
-            # if the text holds just n-1 matches, they are the gaps: keep the text as is.
-            if "\n" in text:
-                text = text.replace("\n", "")  # whitespace: raw in a string it is invalid
-            pattern = _BETWEEN["{" if dict in kinds else "["]
-            joined, gaps = pattern.subn("}\n{" if dict in kinds else "]\n[", text)
-            if gaps == len(values) - 1:
-                lines = joined.rstrip(_JSON_WS).split("\n")
-        try:
-            if lines is None and not kinds & {dict, list}:
-                # Scalars: one dump for the lot; n-1 commas in it must all be separators.
-                whole = "".join(_ENCODE([values]))
-                if whole.count(",") == len(values) - 1:
-                    lines = whole[1:-1].split(",")
-            if lines is None:
-                lines = list(_ENCODE(values))
-        except ValueError as exc:
-            raise BadRequest(f"an item holds a number JSON cannot carry: {exc}") from None
+    def _queue(self, lines: list[str]) -> None:
+        self._check_count(len(lines))
+        self.items += len(lines)
         self._pending.extend(lines)
+
+    def _lines(self, values: list[Any], text: str) -> list[str] | None:
+        """One line per value, the same however the body was split into reads: objects and
+        arrays keep their source text (less raw newlines, which can only be whitespace),
+        scalars are dumped compactly. None if `text` does not cut cleanly into the values.
+        """
+        kinds = set(map(type, values))
+        if not kinds & {dict, list}:
+            return _dump_scalars(values)
+        if len(kinds) != 1:
+            return None
+        if "\n" in text:
+            text = text.replace("\n", "")
+        # Each gap between two objects (arrays) matches _BETWEEN: if the text holds just
+        # n-1 matches, they are the gaps.
+        opening = "{" if dict in kinds else "["
+        closing = "}" if dict in kinds else "]"
+        joined, gaps = _BETWEEN[opening].subn(closing + "\n" + opening, text)
+        if gaps != len(values) - 1:
+            return None
+        return joined.rstrip(_JSON_WS).split("\n")
 
     def _receive(self, piece: bytes, final: bool) -> None:
         try:
@@ -507,8 +508,9 @@ class _ArraySplitter(_Splitter):
             else:
                 if pos >= windows_from:
                     values, stop = self._window(buf, pos, end)
-                    if values is not None:
-                        self._queue(values, buf[pos : stop - 1])
+                    lines = None if values is None else self._lines(values, buf[pos : stop - 1])
+                    if lines is not None:
+                        self._queue(lines)
                         self._state = self._ITEM
                         pos = stop
                         continue
@@ -573,9 +575,24 @@ class _ArraySplitter(_Splitter):
             raise self._fail(f"the JSON array is not closed: the body ends after item {index}", sep)
         if buf[sep] not in ",]":
             raise self._fail(f"expected ',' or ']' after item {index}, not {buf[sep]!r}", sep)
-        self._queue([value])
+        if isinstance(value, dict | list):
+            self._queue([buf[pos:stop].replace("\n", "")])
+        else:
+            self._queue(_dump_scalars([value]))
         self._state = self._END if buf[sep] == "]" else self._ITEM
         return sep + 1
+
+
+def _dump_scalars(values: list[Any]) -> list[str]:
+    """Compact JSON texts of scalars (no dict or list among them)."""
+    try:
+        # One dump for the lot: if it holds exactly n-1 commas, they separate the values.
+        whole = "".join(_ENCODE([values]))
+        if whole.count(",") == len(values) - 1:
+            return whole[1:-1].split(",")
+        return list(_ENCODE(values))
+    except ValueError as exc:
+        raise BadRequest(f"an item holds a number JSON cannot carry: {exc}") from None
 
 
 def _reason(exc: json.JSONDecodeError) -> str:

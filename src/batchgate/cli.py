@@ -148,8 +148,9 @@ def gateway(app_ref: str | None, **flags: Any) -> None:
 @main.command()
 @click.argument("app_ref", metavar="APP")
 @_apply(backend_options)
-@click.option("--concurrency", "workers", type=int, default=None,
-              help="Executor processes [number of CPUs].")
+@click.option(
+    "--concurrency", "workers", type=int, default=None, help="Executor processes [number of CPUs]."
+)
 @_fail_cleanly
 def worker(app_ref: str, **flags: Any) -> None:
     """Run only a worker: executors for APP's functions, fed from the queue."""
@@ -234,6 +235,7 @@ def submit_cmd(
     from batchgate.errors import NotFound
     from batchgate.models import dumps
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per request
     stdin = sys.stdin.buffer
     if fmt is None:
         fmt = "ndjson" if Path(file).suffix.lower() in (".ndjson", ".jsonl") else "json"
@@ -261,8 +263,12 @@ def submit_cmd(
         out = sys.stdout.buffer if output == "-" else open(output, "wb")  # noqa: SIM115
         try:
             out.write(first)
+            last = first[-1:]
             for piece in pieces:
                 out.write(piece)
+                last = piece[-1:] or last
+            if last not in (b"\n", b""):
+                out.write(b"\n")  # a JSON result ends its line too
         finally:
             if output != "-":
                 out.close()

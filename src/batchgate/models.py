@@ -161,8 +161,8 @@ _MISSING = object()
 
 
 def dumps(value: JSON) -> bytes:
-    """Compact JSON bytes; non-JSON values raise TypeError."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact JSON bytes; non-JSON values (NaN and infinities too) raise an error."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def loads(data: bytes | str) -> JSON:

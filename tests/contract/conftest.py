@@ -44,9 +44,9 @@ QUEUE_BACKENDS: dict[str, QueueFactory] = {
 QUEUE_LACKS: dict[str, dict[str, str]] = {
     "sqs": {
         "atomic_put": "SQS enqueues all or none per SendMessageBatch of 10 messages only",
-        "exact_depth": (
-            "SQS depth counts are approximate, and a message waiting out a retry delay is "
-            "'not visible' (in flight) there, not delayed"
+        "delayed_retry_depth": (
+            "SQS counts a message waiting out a retry delay (a visibility change) as not "
+            "visible, i.e. in flight, not as delayed"
         ),
         "fifo": "an SQS standard queue keeps order best effort only",
         "release_all": (

@@ -95,6 +95,7 @@ async def test_max_messages_respected(queue: Queue) -> None:
     assert {d.body for d in first + rest} == {b"%d" % i for i in range(5)}
 
 
+@pytest.mark.needs("fifo")
 async def test_single_producer_order_is_kept(queue: Queue) -> None:
     bodies = [b"%d" % i for i in range(20)]
     for body in bodies[:10]:
@@ -128,6 +129,7 @@ async def test_stale_receipt_is_fenced_after_redelivery(queue: Queue) -> None:
     assert await queue.ack(current)
 
 
+@pytest.mark.needs("subsecond_leases")
 async def test_lapsed_lease_is_fenced_before_redelivery(queue: Queue) -> None:
     await queue.put([b"job"])
     lapsed = await receive_one(queue, lease_s=0.1)
@@ -148,6 +150,7 @@ async def test_extend_keeps_the_lease(queue: Queue) -> None:
     assert await queue.ack(delivery)
 
 
+@pytest.mark.needs("delayed_retry_depth")
 async def test_retry_with_delay_hides_then_redelivers(queue: Queue) -> None:
     await queue.put([b"job"])
     first = await receive_one(queue)
@@ -209,6 +212,7 @@ async def test_depth_counts_each_state(queue: Queue) -> None:
     assert await queue.depth() == QueueDepth(ready=1, in_flight=1, delayed=1, dead=1)
 
 
+@pytest.mark.needs("release_all")
 async def test_release_all_does_not_count_the_lost_attempt(queue: Queue) -> None:
     await queue.put([b"a", b"b", b"c"])
     held = await queue.receive(2, wait_s=0, lease_s=LEASE_S)
@@ -222,6 +226,7 @@ async def test_release_all_does_not_count_the_lost_attempt(queue: Queue) -> None
     assert await queue.release_all() == 3
 
 
+@pytest.mark.needs("atomic_put", "fifo")
 async def test_put_many_is_visible_at_once(queue: Queue) -> None:
     ids = await queue.put([b"m%d" % i for i in range(500)])
 

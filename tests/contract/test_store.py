@@ -18,6 +18,7 @@ pytestmark = pytest.mark.anyio
 STORE_URLS: dict[str, Callable[[pytest.FixtureRequest], str]] = {
     "memory": lambda request: "memory://",
     "file": lambda request: f"file://{request.getfixturevalue('tmp_path') / 'store'}",
+    "s3": lambda request: request.getfixturevalue("s3_url"),
 }
 
 

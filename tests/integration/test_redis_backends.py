@@ -19,7 +19,7 @@ from tests.fixtures.redis_server import RedisServer, start_redis_server
 
 pytestmark = pytest.mark.anyio
 
-GUARD_S = 20.0
+GUARD_S = 5.0
 LEASE_S = 60.0
 
 

@@ -177,7 +177,7 @@ def test_round_trip(name: str, chunk_size: int, piece: int) -> None:
 
 @pytest.mark.parametrize("fmt", [JSON, NDJSON])
 def test_every_split_point(fmt: BatchFormat) -> None:
-    items = ITEMS[7:14] + [ITEMS[17]]
+    items = [*ITEMS[7:14], ITEMS[17]]
     body = json.dumps(items, ensure_ascii=False).encode() if fmt is JSON else ndjson(items)
 
     async def every_split() -> None:
@@ -469,3 +469,16 @@ def test_early_close_stops_reading() -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError):
         cut_chunks(_pieces([]), JSON, 0, 10)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_chunks_do_not_depend_on_read_sizes(seed: int) -> None:
+    rng = random.Random(seed)
+    items = [_random_value(rng) for _ in range(200)] + [{"id": n, "s": "a, b"} for n in range(200)]
+    for fmt, body in (
+        (JSON, json.dumps(items, indent=rng.choice([None, 2])).encode()),
+        (NDJSON, ndjson(items)),
+    ):
+        expected = cut(body, fmt, 16, piece=len(body))
+        for piece in (1, 9, 100, 4096):
+            assert cut(body, fmt, 16, piece) == expected, piece
