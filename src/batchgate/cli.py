@@ -326,5 +326,166 @@ def submit_cmd(
         sys.exit(130)
 
 
+def _ids(text: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (text or "").split(",") if part.strip())
+
+
+@main.group()
+def aws() -> None:
+    """Deploy an app on AWS Lambda: build its package and its SAM template."""
+
+
+@aws.command("template")
+@click.argument("app_ref", metavar="APP")
+@click.option(
+    "--workers", type=click.Choice(["esm", "feeder"]), default="esm", show_default=True,
+    help="esm: a worker Lambda on an SQS event source; feeder: self-re-invoking chains.",
+)  # fmt: skip
+@click.option("--subnets", default=None, help="Subnet ids (comma-separated): run in this VPC.")
+@click.option("--security-groups", default=None, help="Security group ids for the Lambdas.")
+@click.option("--route-tables", default=None, help="Route table ids, for the S3 endpoint.")
+@click.option("--vpc-id", default=None, help="The subnets' VPC id (else a stack parameter).")
+@click.option(
+    "--no-endpoints", is_flag=True,
+    help="Do not create VPC endpoints (the VPC already has them, or a NAT gateway).",
+)  # fmt: skip
+@click.option(
+    "--redis-url", default=None,
+    help="Use this Redis/Valkey for job state instead of creating ElastiCache Serverless.",
+)  # fmt: skip
+@click.option(
+    "--cache-engine", type=click.Choice(["valkey", "redis"]), default="valkey",
+    show_default=True, help="Engine of the ElastiCache Serverless cache.",
+)  # fmt: skip
+@click.option(
+    "--public-url", is_flag=True,
+    help="Function URL with AuthType NONE (requires the ApiKeys parameter) instead of AWS_IAM.",
+)  # fmt: skip
+@click.option(
+    "--code-uri", default="dist/batchgate-lambda.zip", show_default=True,
+    help="The zip from `batchgate aws package` (sam deploy uploads it).",
+)  # fmt: skip
+@click.option("--gateway-timeout", type=int, default=900, show_default=True, help="Seconds.")
+@click.option(
+    "--worker-timeout", type=int, default=None,
+    help="Seconds [the longest function timeout + 30, at most 900].",
+)  # fmt: skip
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+    help="Write the template here [stdout].",
+)  # fmt: skip
+@click.option(
+    "--format", "fmt", type=click.Choice(["yaml", "json"]), default=None,
+    help="[json for a .json file name, else yaml]",
+)  # fmt: skip
+@_fail_cleanly
+def aws_template(
+    app_ref: str,
+    workers: str,
+    subnets: str | None,
+    security_groups: str | None,
+    route_tables: str | None,
+    vpc_id: str | None,
+    no_endpoints: bool,
+    redis_url: str | None,
+    cache_engine: str,
+    public_url: bool,
+    code_uri: str,
+    gateway_timeout: int,
+    worker_timeout: int | None,
+    output: str,
+    fmt: str | None,
+) -> None:
+    """Write the SAM template that runs APP on AWS Lambda (see docs/deploy/aws.md)."""
+    from batchgate.app import load_app
+    from batchgate.aws.template import TemplateOptions, build_template, dump_template, format_for
+
+    app = load_app(app_ref)
+    options = TemplateOptions(
+        workers=workers,  # type: ignore[arg-type]  # click.Choice checked it
+        subnet_ids=_ids(subnets),
+        security_group_ids=_ids(security_groups),
+        route_table_ids=_ids(route_tables),
+        vpc_id=vpc_id,
+        endpoints=not no_endpoints,
+        redis_url=redis_url,
+        cache_engine=cache_engine,  # type: ignore[arg-type]
+        public_url=public_url,
+        code_uri=code_uri,
+        gateway_timeout_s=gateway_timeout,
+        worker_timeout_s=worker_timeout,
+        app_name=app.name,
+    )
+    text = dump_template(
+        build_template(app.registry(), options),
+        fmt or format_for(None if output == "-" else output),  # type: ignore[arg-type]
+    )
+    if output == "-":
+        click.echo(text, nl=False)
+    else:
+        Path(output).write_text(text)
+        click.echo(f"wrote {output}", err=True)
+
+
+@aws.command("package")
+@click.argument("app_ref", metavar="APP")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("dist/batchgate-lambda.zip"), show_default=True,
+)  # fmt: skip
+@click.option(
+    "-r", "--requirements", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None, help="The app's own requirements file, installed into the zip.",
+)  # fmt: skip
+@click.option(
+    "-c", "--constraints", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None, help="A pip constraints file (e.g. batchgate's constraints.txt).",
+)  # fmt: skip
+@click.option(
+    "--arch", type=click.Choice(["x86_64", "arm64"]), default="x86_64", show_default=True,
+    help="Lambda architecture; must match the template's Architecture parameter.",
+)  # fmt: skip
+@click.option(
+    "--include", type=click.Path(exists=True, path_type=Path), multiple=True,
+    help="Another file or folder the app needs (repeatable), put at the zip's root.",
+)  # fmt: skip
+@click.option(
+    "--no-deps", is_flag=True, help="Leave the dependencies out (you provide them in a layer)."
+)
+@_fail_cleanly
+def aws_package(
+    app_ref: str,
+    output: Path,
+    requirements: Path | None,
+    constraints: Path | None,
+    arch: str,
+    include: tuple[Path, ...],
+    no_deps: bool,
+) -> None:
+    """Build the Lambda deployment zip for APP.
+
+    It holds batchgate's source, the app (its file, or its module's top-level package),
+    batchgate-lambda.json naming the app, and, unless --no-deps, batchgate's dependencies
+    (with the redis and aws extras) and --requirements, installed by pip as manylinux
+    wheels for Python 3.12 on --arch. Run it where the app imports.
+    """
+    from batchgate.aws.package import build_package
+
+    report = build_package(
+        app_ref,
+        output,
+        requirements_file=requirements,
+        constraints_file=constraints,
+        arch=arch,  # type: ignore[arg-type]  # click.Choice checked it
+        with_deps=not no_deps,
+        include=include,
+    )
+    click.echo(
+        f"wrote {report.path}: {report.files} files, {report.unzipped_bytes / 2**20:.1f} MiB "
+        f"unzipped, {report.zipped_bytes / 2**20:.1f} MiB zipped (app {report.app})",
+        err=True,
+    )
+
+
 if __name__ == "__main__":
     main()

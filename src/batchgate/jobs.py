@@ -81,7 +81,19 @@ class Jobs:
             if created:
                 await self._enqueue(job, body)
                 return await self._wait(job, watch, wait_s)
-        return await self._attach(stored, job, wait_s)
+        await self._check_same_request(stored, job)
+        if self._maybe_never_enqueued(stored):
+            # The first request stored the job but may have failed to enqueue it (a backend
+            # outage between the two writes). A second task is harmless: whichever runs
+            # first commits the outcome, the other finds the job settled.
+            await self._enqueue(stored, body)
+        return await self.wait(stored.id, wait_s, owner=owner)
+
+    def _maybe_never_enqueued(self, job: Job) -> bool:
+        age_s = time.time() - job.created_at
+        return (
+            job.status is JobStatus.QUEUED and job.attempts == 0 and age_s > self.settings.lease_s
+        )
 
     async def submit_map(
         self,
@@ -123,7 +135,8 @@ class Jobs:
                 await self._enqueue_chunks(job, count)
                 return await self._wait(job, watch, wait_s)
         await self._delete_blobs(job_id)
-        return await self._attach(stored, job, wait_s)
+        await self._check_same_request(stored, job)
+        return await self.wait(stored.id, wait_s, owner=owner)
 
     async def _enqueue_chunks(self, job: Job, count: int) -> None:
         if count == 0:
@@ -141,15 +154,14 @@ class Jobs:
             ]  # fmt: skip
             await self.queue.put(tasks)
 
-    async def _attach(self, stored: Job, attempted: Job, wait_s: float) -> Job:
-        """A repeated Idempotency-Key: wait on the first job, if the request was the same."""
+    async def _check_same_request(self, stored: Job, attempted: Job) -> None:
+        """A repeated Idempotency-Key attaches to the first job only for the same request."""
         if stored.request_hash != attempted.request_hash:
             raise IdempotencyConflict(
                 f"Idempotency-Key {attempted.idempotency_key!r} was first used with a "
                 "different body",
                 job_id=stored.id,
             )
-        return await self.wait(stored.id, wait_s, owner=attempted.owner)
 
     async def _enqueue(self, job: Job, body: bytes) -> None:
         if len(body) <= self.settings.inline_max_bytes:

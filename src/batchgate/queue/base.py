@@ -44,14 +44,26 @@ class Queue(Protocol):
     Delivery is at least once: a message whose lease lapses is delivered again with a
     higher `attempt`. Every call that takes a Delivery is fenced: it returns False (and
     changes nothing) when the lease is no longer the caller's.
+
+    Points marked "backend-dependent" may be weaker on some backends (SQS: see its module
+    docstring); the contract tests skip those backends by name (`QUEUE_LACKS`).
     """
 
     async def put(self, bodies: Sequence[bytes], delay_s: float = 0.0) -> list[str]:
-        """Enqueue messages atomically (all or none); returns their ids."""
+        """Enqueue messages atomically (all or none); returns their ids.
+
+        Backend-dependent: SQS is all or none per batch of 10 only. One producer's messages
+        are delivered in order, except on SQS (best effort).
+        """
         ...
 
     async def receive(self, max_messages: int, wait_s: float, lease_s: float) -> list[Delivery]:
-        """Lease up to `max_messages` ready messages, blocking up to `wait_s` for the first."""
+        """Lease up to `max_messages` ready messages, blocking up to `wait_s` for the first.
+
+        Cancelling a waiting receive leaves nothing leased, though a backend whose long poll
+        outlives it (SQS) may take a moment to give back what the poll got. Backend-dependent:
+        SQS rounds `wait_s` and `lease_s` up to whole seconds.
+        """
         ...
 
     async def ack(self, delivery: Delivery) -> bool:
@@ -74,12 +86,17 @@ class Queue(Protocol):
         """Make every leased message ready at once, not counting the lost attempt.
 
         Only for a process that owns the queue alone and restarts (the embedded server):
-        the leases it held died with it.
+        the leases it held died with it. Returns how many; backend-dependent: SQS cannot and
+        returns 0 (the leases lapse on their own).
         """
         ...
 
     async def depth(self) -> QueueDepth:
-        """Counts of ready, leased, delayed and dead messages."""
+        """Counts of ready, leased, delayed and dead messages.
+
+        Backend-dependent: SQS's counts are approximate, and count a message waiting out a
+        retry delay as leased.
+        """
         ...
 
     async def list_dead(self, limit: int = 100) -> list[DeadLetter]:

@@ -26,17 +26,35 @@ from typing import TYPE_CHECKING, Any, cast
 
 from batchgate.queue import redis_lua
 from batchgate.queue.base import DeadLetter, Delivery, QueueDepth
-from batchgate.redis_db import client, has_error_code, split_url, translate
+from batchgate.redis_db import (
+    LuaScript,
+    PipelinedClient,
+    client,
+    has_error_code,
+    split_url,
+    translate,
+)
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from redis.commands.core import AsyncScript
     from redis.typing import KeyT, StreamIdT
 
 __all__ = ["RedisQueue", "open"]
 
 # Stream entries as redis-py parses them: (entry id, {field: value}).
 _Entries = list[tuple[bytes, dict[bytes, bytes]]]
+
+PUT = LuaScript.of(redis_lua.PUT)
+CLAIM = LuaScript.of(redis_lua.CLAIM)
+LEASE = LuaScript.of(redis_lua.LEASE)
+ACK = LuaScript.of(redis_lua.ACK)
+EXTEND = LuaScript.of(redis_lua.EXTEND)
+RETRY = LuaScript.of(redis_lua.RETRY)
+DEAD_LETTER = LuaScript.of(redis_lua.DEAD_LETTER)
+RELEASE_ALL = LuaScript.of(redis_lua.RELEASE_ALL)
+DEPTH = LuaScript.of(redis_lua.DEPTH)
+REDRIVE = LuaScript.of(redis_lua.REDRIVE)
+SCRIPTS = (PUT, CLAIM, LEASE, ACK, EXTEND, RETRY, DEAD_LETTER, RELEASE_ALL, DEPTH, REDRIVE)
 
 GROUP = "batchgate"
 # One consumer name for every client: leases, not consumers, say who holds a message.
@@ -60,7 +78,9 @@ class RedisQueue:
     """A Queue on one Redis database; any number of processes and hosts may share it."""
 
     def __init__(self, redis: Redis, prefix: str) -> None:
+        # Blocking reads and MULTI go through redis-py's pool, everything else is pipelined.
         self._redis = redis
+        self._mux = PipelinedClient(redis.connection_pool)
         self.prefix = prefix
         base = prefix + "q:"
         self._stream = base + "stream"
@@ -74,16 +94,6 @@ class RedisQueue:
         self.orphan_idle_s = ORPHAN_IDLE_S
         self.orphan_scan_interval_s = ORPHAN_SCAN_INTERVAL_S
         self._orphan_scan_at = 0.0
-        self._put = redis.register_script(redis_lua.PUT)
-        self._claim = redis.register_script(redis_lua.CLAIM)
-        self._lease = redis.register_script(redis_lua.LEASE)
-        self._ack = redis.register_script(redis_lua.ACK)
-        self._extend = redis.register_script(redis_lua.EXTEND)
-        self._retry = redis.register_script(redis_lua.RETRY)
-        self._dead_letter = redis.register_script(redis_lua.DEAD_LETTER)
-        self._release_all = redis.register_script(redis_lua.RELEASE_ALL)
-        self._depth = redis.register_script(redis_lua.DEPTH)
-        self._redrive = redis.register_script(redis_lua.REDRIVE)
 
     @translate("queue")
     async def put(self, bodies: Sequence[bytes], delay_s: float = 0.0) -> list[str]:
@@ -103,12 +113,13 @@ class RedisQueue:
                 args += (message_id, body)
             batches.append(args)
         if len(batches) == 1:
-            await self._put(keys, batches[0])
+            await self._mux.run_script(PUT, keys, batches[0])
         elif batches:
-            # MULTI/EXEC keeps a large put all-or-none across its Lua calls.
+            # MULTI/EXEC keeps a large put all-or-none across its Lua calls (EVAL, not
+            # EVALSHA: a script missing inside MULTI would fail alone, not the whole).
             async with self._redis.pipeline(transaction=True) as pipe:
                 for args in batches:
-                    await self._put(keys, args, client=pipe)
+                    pipe.eval(PUT.source, len(keys), *keys, *args)
                 await pipe.execute()
         return ids
 
@@ -136,16 +147,14 @@ class RedisQueue:
     @translate("queue")
     async def ack(self, delivery: Delivery) -> bool:
         """Delete a message for good, only while the caller still holds its lease."""
-        return await self._fenced(self._ack, delivery)
+        return await self._fenced(ACK, delivery)
 
     @translate("queue")
     async def extend(self, delivery: Delivery, lease_s: float) -> bool:
         """Renew the lease for `lease_s` seconds from now (a heartbeat)."""
         if lease_s <= 0:
             raise ValueError(f"lease_s must be > 0, got {lease_s}")
-        return await self._fenced(
-            self._extend, delivery, CONSUMER, max(1, math.ceil(lease_s * 1000))
-        )
+        return await self._fenced(EXTEND, delivery, CONSUMER, max(1, math.ceil(lease_s * 1000)))
 
     @translate("queue")
     async def retry(self, delivery: Delivery, delay_s: float) -> bool:
@@ -153,76 +162,84 @@ class RedisQueue:
         if delay_s < 0:
             raise ValueError(f"delay_s must be >= 0, got {delay_s}")
         delay_ms = math.ceil(delay_s * 1000)
-        return await self._fenced(self._retry, delivery, delay_ms, keys=[self._delayed])
+        return await self._fenced(RETRY, delivery, delay_ms, keys=[self._delayed])
 
     @translate("queue")
     async def dead_letter(self, delivery: Delivery, reason: str) -> bool:
         """Move the message to the dead-letter set with a reason."""
         keys = [self._dead, self._dead_ids]
-        return await self._fenced(self._dead_letter, delivery, reason, keys=keys)
+        return await self._fenced(DEAD_LETTER, delivery, reason, keys=keys)
 
     @translate("queue")
     async def release_all(self) -> int:
         """Make every leased message ready at once, not counting the lost attempt."""
-        return int(await self._release_all([self._leases, self._expiry]))
+        return int(await self._mux.run_script(RELEASE_ALL, [self._leases, self._expiry], []))
 
     @translate("queue")
     async def depth(self) -> QueueDepth:
         """Counts of ready, leased, delayed and dead messages."""
         keys = [self._stream, self._expiry, self._delayed, self._dead]
-        counts = await self._with_group(self._depth, keys, [GROUP])
+        counts = await self._with_group(DEPTH, keys, [GROUP])
         return QueueDepth(*(int(count) for count in counts))
 
     @translate("queue")
     async def list_dead(self, limit: int = 100) -> list[DeadLetter]:
         """Dead letters, oldest first."""
-        entries = cast(_Entries, await self._redis.xrange(self._dead, count=limit))
-        return [
-            DeadLetter(
-                message_id=f[b"i"].decode(),
-                body=f[b"b"],
-                attempts=int(f[b"a"]),
-                reason=f[b"r"].decode(),
-                failed_at=float(f[b"t"]),
+        entries = await self._mux.execute("XRANGE", self._dead, "-", "+", "COUNT", limit)
+        dead = []
+        for _, flat in entries:
+            f = dict(zip(flat[::2], flat[1::2], strict=True))
+            dead.append(
+                DeadLetter(
+                    message_id=f[b"i"].decode(),
+                    body=f[b"b"],
+                    attempts=int(f[b"a"]),
+                    reason=f[b"r"].decode(),
+                    failed_at=float(f[b"t"]),
+                )
             )
-            for _, f in entries
-        ]
+        return dead
 
     @translate("queue")
     async def redrive(self, message_ids: Sequence[str] | None = None) -> int:
         """Move dead letters (all, or the named ones) back to ready with attempts reset."""
         keys = [self._stream, self._dead, self._dead_ids]
         if message_ids is not None:
-            return int(await self._redrive(keys, ["some", 0, *message_ids]))
+            return int(await self._mux.run_script(REDRIVE, keys, ["some", 0, *message_ids]))
         moved = 0
         while True:
-            batch = int(await self._redrive(keys, ["all", REDRIVE_BATCH]))
+            batch = int(await self._mux.run_script(REDRIVE, keys, ["all", REDRIVE_BATCH]))
             moved += batch
             if batch < REDRIVE_BATCH:
                 return moved
 
     async def aclose(self) -> None:
         """Close the connections; later calls raise BackendError."""
+        await self._mux.aclose()
         await self._redis.aclose()
+
+    async def load_scripts(self) -> None:
+        """Load every script into Redis in one round trip (else each loads on first use)."""
+        await asyncio.gather(*(self._mux.execute("SCRIPT", "LOAD", s.source) for s in SCRIPTS))
 
     async def ensure_group(self) -> None:
         """Create the stream and its consumer group unless they exist."""
         try:
-            await self._redis.xgroup_create(self._stream, GROUP, id="0", mkstream=True)
+            await self._mux.execute("XGROUP", "CREATE", self._stream, GROUP, "0", "MKSTREAM")
         except Exception as exc:
             if not has_error_code(exc, "BUSYGROUP"):
                 raise
 
-    async def _with_group(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+    async def _with_group(self, script: LuaScript, keys: list[str], args: list[Any]) -> Any:
         """Run a script that needs the consumer group, recreating it once if it is gone
         (a Redis restart without persistence, a FLUSHDB)."""
         try:
-            return await script(keys, args)
+            return await self._mux.run_script(script, keys, args)
         except Exception as exc:
             if not has_error_code(exc, "NOGROUP"):
                 raise
         await self.ensure_group()
-        return await script(keys, args)
+        return await self._mux.run_script(script, keys, args)
 
     async def _claim_ready(self, max_messages: int, lease_ms: int) -> tuple[int, list[Delivery]]:
         token = secrets.token_urlsafe(12)
@@ -233,7 +250,7 @@ class RedisQueue:
         args = [max_messages, lease_ms, token, GROUP, CONSUMER, orphan_idle_ms]
         args += [PROMOTE_BATCH, ORPHAN_SCAN_COUNT]
         keys = [*self._lease_keys, self._delayed]
-        reply = await self._with_group(self._claim, keys, args)
+        reply = await self._with_group(CLAIM, keys, args)
         next_due_ms = int(reply[0])
         deliveries = [
             Delivery(
@@ -269,7 +286,7 @@ class RedisQueue:
         args: list[Any] = [lease_ms, token, GROUP, CONSUMER]
         for sid, f in entries:
             args += (sid, f[b"a"])
-        leased = set(await self._lease(self._lease_keys, args))
+        leased = set(await self._mux.run_script(LEASE, self._lease_keys, args))
         deliveries = []
         for sid, f in entries:
             if sid in leased:
@@ -279,12 +296,13 @@ class RedisQueue:
         return deliveries
 
     async def _fenced(
-        self, script: AsyncScript, delivery: Delivery, *extra: Any, keys: Sequence[str] = ()
+        self, script: LuaScript, delivery: Delivery, *extra: Any, keys: Sequence[str] = ()
     ) -> bool:
         sid, _, lease = delivery.receipt.partition(" ")
         if not lease:
             return False
-        return bool(await script([*self._lease_keys, *keys], [sid, lease, GROUP, *extra]))
+        args = [sid, lease, GROUP, *extra]
+        return bool(await self._mux.run_script(script, [*self._lease_keys, *keys], args))
 
 
 def _check_receive_args(max_messages: int, wait_s: float, lease_s: float) -> None:
@@ -302,7 +320,7 @@ async def open(url: str) -> RedisQueue:
     plain, prefix, _ = split_url(url, frozenset())
     queue = RedisQueue(client(plain), prefix)
     try:
-        await queue.ensure_group()
+        await asyncio.gather(queue.ensure_group(), queue.load_scripts())
     except BaseException:
         await queue.aclose()
         raise

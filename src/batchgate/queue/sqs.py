@@ -56,7 +56,7 @@ __all__ = ["SqsQueue", "open"]
 
 log = logging.getLogger(__name__)
 
-# SQS quotas (docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/quotas-messages.html)
+# SQS quotas, from the SQS Developer Guide's "Amazon SQS message quotas" page.
 MAX_WAIT_S = 20  # ReceiveMessage WaitTimeSeconds: the longest long poll
 MAX_RECEIVE = 10  # ReceiveMessage MaxNumberOfMessages
 MAX_VISIBILITY_S = 43_200  # 12 h: a visibility timeout, and all of a message's leases together
@@ -69,9 +69,6 @@ MAX_NAME_CHARS = 80
 BACKSTOP_RECEIVE_COUNT = MAX_RECEIVE_COUNT
 # dead_letter holds the message this long while it copies it to the DLQ.
 DEAD_LETTER_HOLD_S = 30.0
-# list_dead and redrive hide the dead letters they have looked at for this long, so one
-# pass sees each once; they release them at the end of the pass.
-SCAN_HIDE_S = 60
 
 _SETTLED = -math.inf
 # SQS's answers to a stale, expired or unknown receipt handle: the lease is not ours.
@@ -138,7 +135,7 @@ class SqsQueue:
                     f"message {message.entry_id} is {message.size} bytes encoded; SQS takes at "
                     f"most {self.max_message_bytes}: put the payload in the store instead"
                 )
-        await self._send(self.url, outgoing, _whole_s(delay_s))
+        await messages.send(self._client, self.url, outgoing, _whole_s(delay_s))
         return [message.message_id for message in outgoing]
 
     async def receive(self, max_messages: int, wait_s: float, lease_s: float) -> list[Delivery]:
@@ -208,7 +205,7 @@ class SqsQueue:
         if not await self.extend(delivery, DEAD_LETTER_HOLD_S):
             return False
         dead = messages.Outgoing.dead(delivery, reason, time.time())
-        await self._send(self.dlq_url, [dead], 0)
+        await messages.send(self._client, self.dlq_url, [dead], 0)
         return await self._settle(delivery, "delete_message")
 
     async def release_all(self) -> int:
@@ -225,39 +222,14 @@ class SqsQueue:
 
     async def list_dead(self, limit: int = 100) -> list[DeadLetter]:
         """Up to `limit` dead letters, oldest first; which ones, past `limit`, is up to SQS."""
-        found: list[DeadLetter] = []
-        async with messages.DeadScan(self._client, self.dlq_url, SCAN_HIDE_S) as scan:
-            target = min(limit, await self._dead_ready())
-            while len(found) < target:
-                batch = await scan.next_batch(target - len(found))
-                if batch is None:
-                    break
-                found += [messages.dead_letter(m) for m in batch]
-                scan.keep(batch)
-        found.sort(key=lambda dead: dead.failed_at)
-        return found
+        target = min(limit, await self._dead_ready())
+        return await messages.list_dead(self._client, self.dlq_url, target)
 
     async def redrive(self, message_ids: Sequence[str] | None = None) -> int:
         """Move dead letters (all, or the named ones) back as new messages (attempt 1)."""
         wanted = None if message_ids is None else set(message_ids)
-        moved = 0
-        async with messages.DeadScan(self._client, self.dlq_url, SCAN_HIDE_S) as scan:
-            remaining = await self._dead_ready()
-            while remaining > 0 and (wanted is None or wanted):
-                batch = await scan.next_batch(MAX_RECEIVE)
-                if batch is None:
-                    break
-                remaining -= len(batch)
-                chosen = [m for m in batch if wanted is None or messages.id_of(m) in wanted]
-                scan.keep([m for m in batch if m not in chosen])
-                if not chosen:
-                    continue
-                await self._send(self.url, [messages.Outgoing.redriven(m) for m in chosen], 0)
-                await scan.delete(chosen)
-                moved += len(chosen)
-                if wanted is not None:
-                    wanted -= {messages.id_of(m) for m in chosen}
-        return moved
+        ready = await self._dead_ready()
+        return await messages.redrive(self._client, self.dlq_url, self.url, wanted, ready)
 
     async def aclose(self) -> None:
         """Wait for cancelled polls to release what they got, then close the client."""
@@ -336,23 +308,6 @@ class SqsQueue:
         now = time.time()
         for handle in [h for h, (_, forget_at) in self._leases.items() if forget_at <= now]:
             del self._leases[handle]
-
-    async def _send(self, queue_url: str, outgoing: list[messages.Outgoing], delay: int) -> None:
-        for batch in messages.batches(outgoing):
-            entries = [message.entry(delay) for message in batch]
-            response = await self._client.call(
-                "send_message_batch", QueueUrl=queue_url, Entries=entries
-            )
-            failed = response.get("Failed") or []
-            if failed:
-                detail = "; ".join(
-                    f"entry {f.get('Id')}: {f.get('Code')} {f.get('Message', '')}".rstrip()
-                    for f in failed
-                )
-                raise BackendError(
-                    f"SQS refused part of a batch ({detail}); the batch's other messages and "
-                    "all earlier batches were enqueued"
-                )
 
     async def _attributes(self, queue_url: str, *suffixes: str) -> list[int]:
         names = [f"ApproximateNumberOfMessages{suffix}" for suffix in suffixes]

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from batchgate.aws_client import AwsClient
+from batchgate.errors import BackendError
 from batchgate.queue.base import DeadLetter, Delivery
 
 # SQS's message size quota, body plus attributes: 1 MiB since August 2025 (256 KiB before);
@@ -24,6 +25,9 @@ MAX_MESSAGE_BYTES = 1_048_576
 # SendMessageBatch: at most 10 entries, whose sizes add up to at most 1 MiB.
 MAX_BATCH = 10
 MAX_BATCH_BYTES = 1_048_576
+# list_dead and redrive hide the dead letters they have looked at for this long, so one
+# pass sees each once; they release them at the end of the pass.
+SCAN_HIDE_S = 60
 # A dead letter's reason is cut to this many characters (it is an attribute of the message).
 MAX_REASON_CHARS = 4096
 
@@ -234,3 +238,57 @@ class DeadScan:
             await self._client.call(
                 "delete_message_batch", QueueUrl=self._queue_url, Entries=entries
             )
+
+
+async def send(client: AwsClient, queue_url: str, outgoing: list[Outgoing], delay_s: int) -> None:
+    """SendMessageBatch in batches; raises BackendError naming the entries SQS refused."""
+    for batch in batches(outgoing):
+        entries = [message.entry(delay_s) for message in batch]
+        response = await client.call("send_message_batch", QueueUrl=queue_url, Entries=entries)
+        failed = response.get("Failed") or []
+        if failed:
+            detail = "; ".join(
+                f"entry {f.get('Id')}: {f.get('Code')} {f.get('Message', '')}".rstrip()
+                for f in failed
+            )
+            raise BackendError(
+                f"SQS refused part of a batch ({detail}); the batch's other messages and "
+                "all earlier batches were enqueued"
+            )
+
+
+async def list_dead(client: AwsClient, dlq_url: str, limit: int) -> list[DeadLetter]:
+    """Up to `limit` messages of the DLQ as dead letters, oldest first."""
+    found: list[DeadLetter] = []
+    async with DeadScan(client, dlq_url, SCAN_HIDE_S) as scan:
+        while len(found) < limit:
+            batch = await scan.next_batch(limit - len(found))
+            if batch is None:
+                break
+            found += [dead_letter(m) for m in batch]
+            scan.keep(batch)
+    found.sort(key=lambda dead: dead.failed_at)
+    return found
+
+
+async def redrive(
+    client: AwsClient, dlq_url: str, queue_url: str, wanted: set[str] | None, ready: int
+) -> int:
+    """Copy the DLQ's messages (or the `wanted` ids) to the queue as new messages."""
+    moved = 0
+    async with DeadScan(client, dlq_url, SCAN_HIDE_S) as scan:
+        while ready > 0 and (wanted is None or wanted):
+            batch = await scan.next_batch(MAX_BATCH)
+            if batch is None:
+                break
+            ready -= len(batch)
+            chosen = [m for m in batch if wanted is None or id_of(m) in wanted]
+            scan.keep([m for m in batch if m not in chosen])
+            if not chosen:
+                continue
+            await send(client, queue_url, [Outgoing.redriven(m) for m in chosen], 0)
+            await scan.delete(chosen)  # a failure here leaves a copy in both: at least once
+            moved += len(chosen)
+            if wanted is not None:
+                wanted -= {id_of(m) for m in chosen}
+    return moved

@@ -16,15 +16,16 @@ the channel `<prefix>job:<id>`; `watch` listens through `RedisNotices`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from batchgate.errors import ConfigError
 from batchgate.models import FunctionKind, Job, JobError, JobStatus, Progress, now
-from batchgate.redis_db import client, split_url, translate
+from batchgate.redis_db import LuaScript, PipelinedClient, client, split_url, translate
 from batchgate.state import redis_lua
 from batchgate.state.base import Watch
 from batchgate.state.redis_notices import RedisNotices
@@ -37,6 +38,17 @@ __all__ = ["RedisState", "open"]
 DEFAULT_TTL_S = 7 * 24 * 3600
 # Jobs fetched per round trip by expired_jobs.
 FETCH_BATCH = 500
+
+GET_JOB = LuaScript.of(redis_lua.GET_JOB)
+CREATE = LuaScript.of(redis_lua.CREATE)
+START_ATTEMPT = LuaScript.of(redis_lua.START_ATTEMPT)
+REQUEUE = LuaScript.of(redis_lua.REQUEUE)
+FINISH = LuaScript.of(redis_lua.FINISH)
+REOPEN = LuaScript.of(redis_lua.REOPEN)
+CANCEL = LuaScript.of(redis_lua.CANCEL)
+RECORD_CHUNK = LuaScript.of(redis_lua.RECORD_CHUNK)
+DELETE = LuaScript.of(redis_lua.DELETE)
+SCRIPTS = (GET_JOB, CREATE, START_ATTEMPT, REQUEUE, FINISH, REOPEN, CANCEL, RECORD_CHUNK, DELETE)
 
 _KINDS = {k.value.encode(): k for k in FunctionKind}
 _STATUSES = {s.value.encode(): s for s in JobStatus}
@@ -55,7 +67,7 @@ async def open(url: str) -> RedisState:
             raise ConfigError(f"{url!r}: ttl must be a whole number of seconds > 0")
     state = RedisState(client(plain), prefix, ttl_s)
     try:
-        await state.ping()
+        await state.load_scripts()
     except BaseException:
         await state.aclose()
         raise
@@ -67,31 +79,26 @@ class RedisState:
 
     def __init__(self, redis: Redis, prefix: str, ttl_s: int = DEFAULT_TTL_S) -> None:
         self._redis = redis
+        self._mux = PipelinedClient(redis.connection_pool)
         self.prefix = prefix
         self.ttl_s = ttl_s
         self._job_prefix = prefix + "job:"
         self._finished = prefix + "finished"
         self._manifest = prefix + "manifest"
         self._notices = RedisNotices(redis.connection_pool.make_connection, self._job_prefix)
-        self._create = redis.register_script(redis_lua.CREATE)
-        self._start = redis.register_script(redis_lua.START_ATTEMPT)
-        self._requeue = redis.register_script(redis_lua.REQUEUE)
-        self._finish = redis.register_script(redis_lua.FINISH)
-        self._reopen = redis.register_script(redis_lua.REOPEN)
-        self._cancel = redis.register_script(redis_lua.CANCEL)
-        self._record_chunk = redis.register_script(redis_lua.RECORD_CHUNK)
-        self._delete = redis.register_script(redis_lua.DELETE)
 
     @translate("state")
-    async def ping(self) -> None:
-        await self._redis.ping()
+    async def load_scripts(self) -> None:
+        """Load every script into Redis in one round trip (else each loads on first use)."""
+        await asyncio.gather(*(self._mux.execute("SCRIPT", "LOAD", s.source) for s in SCRIPTS))
 
     def _keys(self, job_id: str) -> list[str]:
         return [self._job_prefix + job_id, self._finished, self.prefix + "chunks:" + job_id]
 
-    async def _transition(self, script: Any, job_id: str, *args: Any) -> Job | None:
-        reply = await script(self._keys(job_id), [job_id, self._job_prefix + job_id, *args])
-        return None if reply is None else _job(job_id, _pairs(reply))
+    async def _transition(self, script: LuaScript, job_id: str, *args: Any) -> Job | None:
+        args = (job_id, self._job_prefix + job_id, *args)
+        reply = await self._mux.run_script(script, self._keys(job_id), args)
+        return None if reply is None else _job(job_id, reply)
 
     @translate("state")
     async def create_job(self, job: Job) -> tuple[Job, bool]:
@@ -103,27 +110,27 @@ class RedisState:
         terminal = b"1" if job.status.terminal else b"0"
         finished_at = b"" if job.finished_at is None else _float(job.finished_at)
         args = [job.id, self._job_prefix, self.ttl_s, terminal, finished_at, *_fields(job)]
-        reply = await self._create(keys, args)
+        reply = await self._mux.run_script(CREATE, keys, args)
         if reply[0] == 1:
             return job, True
         if reply[0] == 0:
-            return _job(reply[1].decode(), _pairs(reply[2])), False
+            return _job(reply[1].decode(), reply[2]), False
         raise ValueError(f"job id {job.id!r} is already stored")
 
     @translate("state")
     async def get_job(self, job_id: str) -> Job | None:
-        fields = cast("dict[bytes, bytes]", await self._redis.hgetall(self._job_prefix + job_id))
-        return _job(job_id, fields) if fields else None
+        packed = await self._mux.run_script(GET_JOB, [self._job_prefix + job_id], ())
+        return None if packed is None else _job(job_id, packed)
 
     @translate("state")
     async def start_attempt(self, job_id: str, attempt: int) -> Job | None:
         """Mark the job running under `attempt`; None if it is terminal or `attempt` is stale."""
-        return await self._transition(self._start, job_id, attempt, _float(now()))
+        return await self._transition(START_ATTEMPT, job_id, attempt, _float(now()))
 
     @translate("state")
     async def requeue(self, job_id: str, attempt: int, error: JobError) -> Job | None:
         """Back to queued with the attempt's error; None if fenced off or terminal."""
-        return await self._transition(self._requeue, job_id, attempt, error.type, error.message)
+        return await self._transition(REQUEUE, job_id, attempt, error.type, error.message)
 
     @translate("state")
     async def finish(
@@ -148,18 +155,18 @@ class RedisState:
             outcome += ("et", error.type, "em", error.message)
         fence = "" if attempt is None else attempt
         return await self._transition(
-            self._finish, job_id, fence, status.value, _float(now()), self.ttl_s, *outcome
+            FINISH, job_id, fence, status.value, _float(now()), self.ttl_s, *outcome
         )
 
     @translate("state")
     async def reopen(self, job_id: str) -> Job | None:
         """A failed job back to queued, attempts/error/finish time cleared; else None."""
-        return await self._transition(self._reopen, job_id)
+        return await self._transition(REOPEN, job_id)
 
     @translate("state")
     async def cancel(self, job_id: str) -> Job | None:
         """Cancel a job that is not terminal; None if it already is."""
-        return await self._transition(self._cancel, job_id, _float(now()), self.ttl_s)
+        return await self._transition(CANCEL, job_id, _float(now()), self.ttl_s)
 
     @translate("state")
     async def record_chunk(
@@ -167,7 +174,8 @@ class RedisState:
     ) -> tuple[Progress, bool] | None:
         """Count a finished chunk exactly once (chunk set and counters in one script)."""
         keys = [self._job_prefix + job_id, self.prefix + "chunks:" + job_id]
-        reply = await self._record_chunk(keys, [self._job_prefix + job_id, chunk, done, failed])
+        args = [self._job_prefix + job_id, chunk, done, failed]
+        reply = await self._mux.run_script(RECORD_CHUNK, keys, args)
         if reply is None:
             return None
         counted, done_total, failed_total, total = (int(value) for value in reply)
@@ -184,24 +192,20 @@ class RedisState:
         jobs: list[Job] = []
         while len(jobs) < limit:
             want = min(limit - len(jobs), FETCH_BATCH)
-            ids = cast(
-                "list[bytes]",
-                await self._redis.zrangebyscore(
-                    self._finished, "-inf", bound, start=len(jobs), num=want
-                ),
+            ids: list[bytes] = await self._mux.execute(
+                "ZRANGEBYSCORE", self._finished, "-inf", bound, "LIMIT", len(jobs), want
             )
             if not ids:
                 break
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for job_id in ids:
-                    pipe.hgetall(self._job_prefix + job_id.decode())
-                records: list[dict[bytes, bytes]] = await pipe.execute()
+            records = await asyncio.gather(
+                *(self._mux.run_script(GET_JOB, [self._job_prefix.encode() + i], ()) for i in ids)
+            )
             found = list(zip(ids, records, strict=True))
-            gone = [job_id for job_id, fields in found if not fields]
+            gone = [job_id for job_id, packed in found if packed is None]
             if gone:
                 # Expired by their TTL: drop them from the index too.
-                await self._redis.zrem(self._finished, *gone)
-            jobs += (_job(job_id.decode(), fields) for job_id, fields in found if fields)
+                await self._mux.execute("ZREM", self._finished, *gone)
+            jobs += (_job(i.decode(), packed) for i, packed in found if packed is not None)
             if len(ids) < want:
                 break
         return jobs
@@ -211,30 +215,28 @@ class RedisState:
         """Delete jobs with their chunk sets and idempotency keys; unknown ids are ignored."""
         for start in range(0, len(job_ids), FETCH_BATCH):
             batch = job_ids[start : start + FETCH_BATCH]
-            await self._delete([self._finished], [self.prefix, *batch])
+            await self._mux.run_script(DELETE, [self._finished], [self.prefix, *batch])
 
     @translate("state")
     async def put_manifest(self, data: bytes) -> None:
         """Replace the published function registry."""
-        await self._redis.set(self._manifest, data)
+        await self._mux.execute("SET", self._manifest, data)
 
     @translate("state")
     async def get_manifest(self) -> bytes | None:
-        return cast("bytes | None", await self._redis.get(self._manifest))
+        data: bytes | None = await self._mux.execute("GET", self._manifest)
+        return data
 
     async def aclose(self) -> None:
         """Stop the notice reader and close the connections."""
         await self._notices.aclose()
+        await self._mux.aclose()
         await self._redis.aclose()
 
 
 def _float(value: float) -> bytes:
     """A float as text that parses back to the same float."""
     return repr(value).encode()
-
-
-def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _fields(job: Job) -> list[Any]:
@@ -259,30 +261,53 @@ def _fields(job: Job) -> list[Any]:
     return fields
 
 
-def _job(job_id: str, fields: dict[bytes, bytes]) -> Job:
-    def text(name: bytes) -> str | None:
-        value = fields.get(name)
-        return None if value is None else value.decode()
+def _unpack(packed: bytes) -> list[bytes | None]:
+    """The values of a job packed by the scripts (see `redis_lua.FIELDS`)."""
+    values: list[bytes | None] = []
+    pos = 0
+    while pos < len(packed):
+        if packed[pos] == 0x2D:  # "-": absent
+            values.append(None)
+            pos += 1
+        else:
+            colon = packed.index(b":", pos)
+            end = colon + 1 + int(packed[pos:colon])
+            values.append(packed[colon + 1 : end])
+            pos = end
+    if len(values) != len(redis_lua.FIELDS):
+        raise ValueError(f"a packed job has {len(values)} fields, not {len(redis_lua.FIELDS)}")
+    return values
 
-    def number(name: bytes) -> float | None:
-        value = fields.get(name)
-        return None if value is None else float(value)
 
-    error_type = text(b"et")
+def _job(job_id: str, packed: bytes) -> Job:
+    (
+        function, kind, status, attempts, done, failed, total, error_type, error_message,
+        created_at, started_at, finished_at, owner, idempotency_key, request_hash, result,
+        result_ref,
+    ) = _unpack(packed)  # fmt: skip
+    assert function is not None and kind is not None and status is not None
+    assert attempts is not None and done is not None and failed is not None
+    assert total is not None and created_at is not None and owner is not None
     return Job(
         id=job_id,
-        function=fields[b"f"].decode(),
-        kind=_KINDS[fields[b"k"]],
-        status=_STATUSES[fields[b"s"]],
-        attempts=int(fields[b"a"]),
-        progress=Progress(int(fields[b"pd"]), int(fields[b"pf"]), int(fields[b"pt"])),
-        error=None if error_type is None else JobError(error_type, text(b"em") or ""),
-        created_at=float(fields[b"c"]),
-        started_at=number(b"st"),
-        finished_at=number(b"fi"),
-        owner=fields[b"o"].decode(),
-        idempotency_key=text(b"ik"),
-        request_hash=text(b"rh"),
-        result=fields.get(b"r"),
-        result_ref=text(b"rr"),
+        function=function.decode(),
+        kind=_KINDS[kind],
+        status=_STATUSES[status],
+        attempts=int(attempts),
+        progress=Progress(int(done), int(failed), int(total)),
+        error=None
+        if error_type is None
+        else JobError(error_type.decode(), _text(error_message) or ""),
+        created_at=float(created_at),
+        started_at=None if started_at is None else float(started_at),
+        finished_at=None if finished_at is None else float(finished_at),
+        owner=owner.decode(),
+        idempotency_key=_text(idempotency_key),
+        request_hash=_text(request_hash),
+        result=result,
+        result_ref=_text(result_ref),
     )
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode()

@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 from batchgate.errors import BackendError
-from batchgate.redis_db import is_connection_error
+from batchgate.redis_db import ReplyReader, is_connection_error
 from batchgate.state.notices import LocalWatch
 
 if TYPE_CHECKING:
@@ -120,11 +120,18 @@ class RedisNotices:
                 await self._resubscribe(conn)
                 self._reconnecting = True  # from now on, a resubscribe follows a drop
                 backoff_s = RECONNECT_MIN_S
-                async with asyncio.TaskGroup() as tasks:
-                    tasks.create_task(self._read(conn), name="redis-notices-read")
-                    tasks.create_task(self._write(conn), name="redis-notices-write")
-            except* Exception as group:
-                if not all(is_connection_error(exc) for exc in group.exceptions):
+                # Not a TaskGroup: on Python 3.11 a group that saw a child's connection
+                # error can swallow a later cancellation of this task.
+                writer = asyncio.create_task(self._write(conn), name="redis-notices-write")
+                try:
+                    await self._read(conn)
+                finally:
+                    writer.cancel()
+                    [written] = await asyncio.gather(writer, return_exceptions=True)
+                if isinstance(written, Exception) and not is_connection_error(written):
+                    raise written
+            except Exception as exc:
+                if not is_connection_error(exc):
                     raise
             finally:
                 await conn.disconnect()
@@ -156,28 +163,40 @@ class RedisNotices:
                 else:
                     commands.append([command, channel])
             if commands:
-                packed = conn.pack_commands(commands)
-                await conn.send_packed_command(packed, check_health=False)
+                try:
+                    await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+                except BaseException:
+                    # Unblocks the reader, which then reconnects (and resubscribes).
+                    await conn.disconnect()
+                    raise
 
     async def _read(self, conn: AbstractConnection) -> None:
+        replies = ReplyReader(conn)
         ping_sent = False
         while True:
-            reply = await conn.read_response(timeout=PING_INTERVAL_S)
-            if reply is None:  # quiet for a whole interval
+            try:
+                async with asyncio.timeout(PING_INTERVAL_S):
+                    batch = await replies.read()
+            except TimeoutError:  # quiet for a whole interval
                 if ping_sent:
-                    raise ConnectionError("redis pub/sub connection stopped answering PING")
+                    raise ConnectionError(
+                        "redis pub/sub connection stopped answering PING"
+                    ) from None
                 await conn.send_command(b"PING", check_health=False)
                 ping_sent = True
                 continue
             ping_sent = False
-            if not isinstance(reply, list):
-                continue  # +PONG once no channel is subscribed
-            kind, channel = reply[0], reply[1]
-            if kind == b"message":
-                for mailbox in self._watches.get(channel, ()):
-                    mailbox.notify()
-            elif kind == b"subscribe":
-                self._confirm(channel)
+            for reply in batch:
+                if isinstance(reply, Exception):
+                    raise reply
+                if not isinstance(reply, list):
+                    continue  # +PONG once no channel is subscribed
+                kind, channel = reply[0], reply[1]
+                if kind == b"message":
+                    for mailbox in self._watches.get(channel, ()):
+                        mailbox.notify()
+                elif kind == b"subscribe":
+                    self._confirm(channel)
 
     def _confirm(self, channel: bytes) -> None:
         queue = self._unconfirmed.get(channel)

@@ -98,7 +98,9 @@ class S3Store:
                     await upload.send(bytes(buffer))
                     buffer.clear()
             if upload is None:
-                await self._client.call("put_object", Bucket=self.bucket, Key=name, Body=bytes(buffer))
+                await self._client.call(
+                    "put_object", Bucket=self.bucket, Key=name, Body=bytes(buffer)
+                )
                 return size
             if buffer:
                 await upload.send(bytes(buffer))

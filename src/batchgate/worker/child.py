@@ -24,6 +24,7 @@ from batchgate.models import dumps
 
 _LEN = struct.Struct(">I")
 OK, ERR = b"\x00", b"\x01"
+_ITEM_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 class ItemFailed(Exception):
@@ -66,8 +67,9 @@ class Runner:
             items = json.loads(b"[" + payload.rstrip(b"\n").replace(b"\n", b",") + b"]")
             results = self.run_chunk(spec, items)
             failed = sum(1 for r in results if isinstance(r, _ItemError))
-            lines = b"".join(dumps(r) + b"\n" for r in results)
-            return OK + str(failed).encode() + b"\n" + lines
+            # One encoder for the whole chunk: json.dumps with options builds one per call.
+            lines = "\n".join(map(_ITEM_ENCODER.encode, results)).encode() + b"\n"
+            return OK + str(failed).encode() + b"\n" + (lines if results else b"")
         except Exception as exc:
             return ERR + dumps(error_doc(exc))
 
