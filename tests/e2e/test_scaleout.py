@@ -149,6 +149,7 @@ def cluster(
         cluster.stop()
 
 
+@pytest.mark.timeout(600)
 def test_thousand_jobs_over_two_gateways_survive_faults(
     cluster: tuple[Cluster, RedisServer],
 ) -> None:

@@ -21,6 +21,7 @@ import json
 import math
 from typing import Any, Literal
 
+from batchgate import __version__
 from batchgate.app import FunctionInfo, Registry
 from batchgate.aws import resources as res
 from batchgate.aws.resources import Doc, get_att, ref, sub
@@ -354,8 +355,6 @@ def _outputs(options: TemplateOptions) -> Doc:
 
 
 def _metadata(infos: list[FunctionInfo], options: TemplateOptions, worker_s: int) -> Doc:
-    from batchgate import __version__
-
     return {
         "generator": f"batchgate {__version__} aws template",
         "app": options.app_name,
