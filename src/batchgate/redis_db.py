@@ -33,6 +33,10 @@ try:
 except ImportError:  # the 'redis' extra is not installed; client() says so
     aioredis = None  # type: ignore[assignment]
 
+    class RedisError(Exception):  # type: ignore[no-redef]
+        """Never raised: keeps `translate`'s except clause valid without redis."""
+
+
 if TYPE_CHECKING:
     from redis.asyncio import ConnectionPool, Redis
     from redis.asyncio.connection import AbstractConnection
@@ -217,7 +221,7 @@ class PipelinedClient:
                 call.future.set_exception(closed)
 
     async def _write(self) -> None:
-        while True:
+        while not self._closed:
             await self._wake.wait()
             self._wake.clear()
             if not self._queued:
@@ -228,7 +232,7 @@ class PipelinedClient:
                     await asyncio.sleep(_backoff_s(self._failures))
                 conn = self._pool.make_connection()  # type: ignore[no-untyped-call]
                 try:
-                    await conn.connect()
+                    await connect(conn)
                 except Exception as exc:
                     self._failures += 1
                     self._queued = self._give_back(self._queued, exc)
@@ -241,9 +245,12 @@ class PipelinedClient:
                 )
             batch, self._queued = self._queued, []
             self._sent.extend(batch)
+            # Straight to the stream: redis-py's send would reconnect a dropped connection
+            # behind the reader's back.
+            stream: asyncio.StreamWriter = conn._writer  # type: ignore[assignment]
             try:
-                chunks = [chunk for call in batch for chunk in call.packed]
-                await conn.send_packed_command(chunks, check_health=False)
+                stream.writelines([chunk for call in batch for chunk in call.packed])
+                await stream.drain()
             except Exception as exc:
                 self._broken(conn, exc)
 
@@ -412,6 +419,17 @@ def pack_command(args: Sequence[Any]) -> list[bytes]:
         else:
             parts.append(b"$%d\r\n%b\r\n" % (len(value), value))
     return parts if big else [b"".join(parts)]
+
+
+async def connect(conn: AbstractConnection) -> None:
+    """`conn.connect()`, honouring a cancellation that redis-py 8.1 can swallow there."""
+    task = asyncio.current_task()
+    cancelling = 0 if task is None else task.cancelling()
+    try:
+        await conn.connect()  # type: ignore[no-untyped-call]
+    finally:
+        if task is not None and task.cancelling() > cancelling:
+            raise asyncio.CancelledError
 
 
 def _backoff_s(failures: int) -> float:

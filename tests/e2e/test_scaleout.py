@@ -44,9 +44,7 @@ class Cluster:
 
     def start(self, workers: int = 3, gateways: int = 2) -> None:
         for n in range(workers):
-            self.workers.append(
-                self._spawn(f"worker{n}", "worker", TEST_APP, "--concurrency", "1")
-            )
+            self.workers.append(self._spawn(f"worker{n}", "worker", TEST_APP, "--concurrency", "1"))
         for n in range(gateways):
             port = free_port()
             proc = self._spawn(f"gateway{n}", "gateway", "--port", str(port))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from batchgate import redis_db
 from batchgate.errors import ConfigError
 from batchgate.models import Job, JobStatus, new_job_id
 from batchgate.queue import QueueDepth, open_queue
@@ -242,3 +243,12 @@ async def test_unknown_url_parameter_is_a_config_error(redis_server: RedisServer
         await open_queue(f"{redis_server.url}?prefx=x:")
     with pytest.raises(ConfigError, match="ttl"):
         await open_state(f"{redis_server.url}?ttl=soon")
+
+
+async def test_missing_redis_package_names_the_extra(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_db, "aioredis", None)
+    for opener in (open_queue, open_state):
+        with pytest.raises(ConfigError, match=r"pip install 'batchgate\[redis\]'"):
+            await opener(redis_server.url)

@@ -9,6 +9,9 @@
 - `delayed`: sorted set of "attempt|id|body" by visible time; due ones move to the stream.
 - `dead`, `dead_ids`: dead-letter stream (fields `i b a r t`) and message id -> its entry.
 
+Lapsed leases are found in `expiry`, not by XAUTOCLAIM's idle time: each delivery has a
+lease of its own length, renewed by heartbeats, which one min-idle-time cannot express.
+
 `receive` leases in one Lua call (due delayed messages, lapsed leases, new entries), then
 blocks in XREADGROUP for new entries, at most until the next delay or lease is due (or
 `POLL_MAX_S`, for delays and leases written meanwhile). An entry a blocking read handed
@@ -65,8 +68,8 @@ MAX_BODY_BYTES = 512 * 1024 * 1024
 POLL_MAX_S = 1.0
 # A pending entry idle this long without a lease is an orphan (the lease step follows the
 # blocking read within milliseconds).
-ORPHAN_IDLE_S = 30.0
-ORPHAN_SCAN_INTERVAL_S = 10.0
+ORPHAN_IDLE_S = 10.0
+ORPHAN_SCAN_INTERVAL_S = 5.0
 ORPHAN_SCAN_COUNT = 100
 # Bounds on the work one Lua call does, so Redis is never blocked for long.
 PROMOTE_BATCH = 1000
@@ -218,6 +221,9 @@ class RedisQueue:
         await self._mux.aclose()
         await self._redis.aclose()
 
+    async def ping(self) -> None:
+        await self._redis.ping()
+
     async def load_scripts(self) -> None:
         """Load every script into Redis in one round trip (else each loads on first use)."""
         await asyncio.gather(*(self._mux.execute("SCRIPT", "LOAD", s.source) for s in SCRIPTS))
@@ -267,6 +273,8 @@ class RedisQueue:
         """Block in XREADGROUP for new entries, then lease what it hands over."""
         block_ms = max(1, math.ceil(block_s * 1000))  # BLOCK 0 would wait forever
         streams: dict[KeyT, StreamIdT] = {self._stream: ">"}
+        task = asyncio.current_task()
+        cancelling = 0 if task is None else task.cancelling()
         try:
             reply = cast(
                 "list[tuple[bytes, _Entries]]",
@@ -279,6 +287,11 @@ class RedisQueue:
                 raise
             await self.ensure_group()
             return []
+        finally:
+            # redis-py 8.1 can swallow a cancellation that lands while it sets up a pooled
+            # connection; honour it here (what the read got is recovered as an orphan).
+            if task is not None and task.cancelling() > cancelling:
+                raise asyncio.CancelledError
         if not reply:
             return []
         [(_, entries)] = reply
@@ -320,7 +333,8 @@ async def open(url: str) -> RedisQueue:
     plain, prefix, _ = split_url(url, frozenset())
     queue = RedisQueue(client(plain), prefix)
     try:
-        await asyncio.gather(queue.ensure_group(), queue.load_scripts())
+        # The PING also warms redis-py's pool, which the blocking reads use.
+        await asyncio.gather(queue.ensure_group(), queue.load_scripts(), queue.ping())
     except BaseException:
         await queue.aclose()
         raise

@@ -17,10 +17,10 @@ import asyncio
 import collections
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from batchgate.errors import BackendError
-from batchgate.redis_db import ReplyReader, is_connection_error
+from batchgate.redis_db import ReplyReader, connect, is_connection_error, pack_command
 from batchgate.state.notices import LocalWatch
 
 if TYPE_CHECKING:
@@ -50,7 +50,9 @@ class RedisNotices:
         self._unconfirmed: dict[bytes, collections.deque[asyncio.Future[None]]] = {}
         self._resubscribing = 0
         self._reconnecting = False
-        self._dirty = asyncio.Event()
+        self._flush_scheduled = False
+        # The connection's stream while it is up and subscribed; writes go straight to it.
+        self._stream: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -108,37 +110,32 @@ class RedisNotices:
     ) -> None:
         if self._task is not None and not self._closed:
             self._pending.append((command, channel, confirmed))
-            self._dirty.set()
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
 
     async def _run(self) -> None:
         """Keep a subscribed connection: connect, resubscribe, read, and again on a drop."""
         backoff_s = RECONNECT_MIN_S
-        while True:
+        while not self._closed:
             conn = self._connect()
             try:
-                await conn.connect()  # type: ignore[no-untyped-call]
-                await self._resubscribe(conn)
+                await connect(conn)
+                self._stream = conn._writer
+                self._resubscribe()
                 self._reconnecting = True  # from now on, a resubscribe follows a drop
                 backoff_s = RECONNECT_MIN_S
-                # Not a TaskGroup: on Python 3.11 a group that saw a child's connection
-                # error can swallow a later cancellation of this task.
-                writer = asyncio.create_task(self._write(conn), name="redis-notices-write")
-                try:
-                    await self._read(conn)
-                finally:
-                    writer.cancel()
-                    [written] = await asyncio.gather(writer, return_exceptions=True)
-                if isinstance(written, Exception) and not is_connection_error(written):
-                    raise written
+                await self._read(conn)
             except Exception as exc:
                 if not is_connection_error(exc):
                     raise
             finally:
+                self._stream = None
                 await conn.disconnect()
             await asyncio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, RECONNECT_MAX_S)
 
-    async def _resubscribe(self, conn: AbstractConnection) -> None:
+    def _resubscribe(self) -> None:
         """On a new connection: subscribe every wanted channel; changes queued for the
         old connection are covered by it."""
         self._pending.clear()
@@ -147,28 +144,29 @@ class RedisNotices:
         # connection (nothing can have been missed yet).
         self._resubscribing = len(self._subscribed) if self._reconnecting else 0
         if self._subscribed:
-            await conn.send_command(b"SUBSCRIBE", *self._subscribed, check_health=False)
+            self._send([[b"SUBSCRIBE", *self._subscribed]])
 
-    async def _write(self, conn: AbstractConnection) -> None:
-        while True:
-            await self._dirty.wait()
-            self._dirty.clear()
-            changes, self._pending = self._pending, []
-            commands: list[list[Any]] = []
-            for command, channel, confirmed in changes:
-                if confirmed is not None:
-                    self._unconfirmed.setdefault(channel, collections.deque()).append(confirmed)
-                if commands and commands[-1][0] == command:
-                    commands[-1].append(channel)
-                else:
-                    commands.append([command, channel])
-            if commands:
-                try:
-                    await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-                except BaseException:
-                    # Unblocks the reader, which then reconnects (and resubscribes).
-                    await conn.disconnect()
-                    raise
+    def _flush(self) -> None:
+        """Write the (un)subscribes of this loop turn, merged into as few commands as can be."""
+        self._flush_scheduled = False
+        if self._stream is None:
+            return  # the next connection subscribes to whatever is wanted then
+        changes, self._pending = self._pending, []
+        commands: list[list[bytes]] = []
+        for command, channel, confirmed in changes:
+            if confirmed is not None:
+                self._unconfirmed.setdefault(channel, collections.deque()).append(confirmed)
+            if commands and commands[-1][0] == command:
+                commands[-1].append(channel)
+            else:
+                commands.append([command, channel])
+        self._send(commands)
+
+    def _send(self, commands: list[list[bytes]]) -> None:
+        # Plain buffered writes, no await: a broken connection shows up in the reader,
+        # which reconnects and resubscribes.
+        if self._stream is not None:
+            self._stream.writelines(chunk for cmd in commands for chunk in pack_command(cmd))
 
     async def _read(self, conn: AbstractConnection) -> None:
         replies = ReplyReader(conn)
@@ -182,7 +180,7 @@ class RedisNotices:
                     raise ConnectionError(
                         "redis pub/sub connection stopped answering PING"
                     ) from None
-                await conn.send_command(b"PING", check_health=False)
+                self._send([[b"PING"]])
                 ping_sent = True
                 continue
             ping_sent = False

@@ -33,6 +33,9 @@ __all__ = ["S3Store", "open"]
 MIN_PART_BYTES = 5 * 1024 * 1024
 PART_BYTES = 8 * 1024 * 1024  # 10,000 parts of this make blobs of up to 78 GiB
 MAX_PARTS = 10_000
+# Each part carries a CRC32 that botocore computes and S3 checks (what s3transfer does too).
+CHECKSUM = "CRC32"
+_CHECKSUM_FIELD = "ChecksumCRC32"
 # DeleteObjects takes at most 1,000 keys a request.
 MAX_DELETE_KEYS = 1000
 # A SigV4 presigned URL is valid for at most 7 days (less when signed with a session token).
@@ -205,7 +208,9 @@ class _Upload:
 
     @classmethod
     async def start(cls, client: AwsClient, bucket: str, name: str) -> _Upload:
-        response = await client.call("create_multipart_upload", Bucket=bucket, Key=name)
+        response = await client.call(
+            "create_multipart_upload", Bucket=bucket, Key=name, ChecksumAlgorithm=CHECKSUM
+        )
         return cls(client, bucket, name, str(response["UploadId"]))
 
     async def send(self, data: bytes) -> None:
@@ -214,10 +219,13 @@ class _Upload:
             raise BackendError(
                 f"blob exceeds {MAX_PARTS} parts of {PART_BYTES} bytes, S3's multipart limit"
             )
-        response = await self._client.call("upload_part", PartNumber=number, Body=data, **self._ids)
+        response = await self._client.call(
+            "upload_part", PartNumber=number, Body=data, ChecksumAlgorithm=CHECKSUM, **self._ids
+        )
         part = {"PartNumber": number, "ETag": response["ETag"]}
-        # Checksums botocore computed for the part must be repeated on completion.
-        part.update({k: v for k, v in response.items() if k.startswith("Checksum") and v})
+        # An upload declared with a checksum must list every part's checksum on completion.
+        if response.get(_CHECKSUM_FIELD):
+            part[_CHECKSUM_FIELD] = response[_CHECKSUM_FIELD]
         self._parts.append(part)
 
     async def complete(self) -> None:
