@@ -13,7 +13,6 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from batchgate import client as client_module
 from batchgate import errors
 from batchgate.batches import BatchFormat
 from batchgate.cli import main
@@ -25,6 +24,7 @@ from batchgate.client import (
     error_from_problem,
     parse_sse,
 )
+from batchgate.client import sync as client_module
 from batchgate.models import Progress
 
 BASE = errors.PROBLEM_BASE
