@@ -125,26 +125,21 @@ class Routes:
             dumps(job.status_json()), 202, media_type="application/json", headers=headers
         )
 
-    async def status(self, request: Request) -> Response:
+    async def _job(self, request: Request) -> Job:
+        """The request's job, after blocking up to `?wait=N` seconds for it to finish."""
         owner = self.owner_of(request)
         job_id = request.path_params["job_id"]
         wait_s = query_wait(request.query_params.get("wait"))
-        job = (
-            await self.jobs.wait(job_id, wait_s, owner)
-            if wait_s
-            else (await self.jobs.get(job_id, owner))
-        )
+        if wait_s:
+            return await self.jobs.wait(job_id, wait_s, owner)
+        return await self.jobs.get(job_id, owner)
+
+    async def status(self, request: Request) -> Response:
+        job = await self._job(request)
         return Response(dumps(job.status_json()), media_type="application/json")
 
     async def result(self, request: Request) -> Response:
-        owner = self.owner_of(request)
-        job_id = request.path_params["job_id"]
-        wait_s = query_wait(request.query_params.get("wait"))
-        job = (
-            await self.jobs.wait(job_id, wait_s, owner)
-            if wait_s
-            else (await self.jobs.get(job_id, owner))
-        )
+        job = await self._job(request)
         fmt = BatchFormat.from_accept(request.headers.get("accept"))
         headers = {"Job-Id": job.id, "Location": f"/v1/jobs/{job.id}"}
         return await self._outcome(job, headers, fmt)

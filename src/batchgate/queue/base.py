@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
@@ -108,3 +109,23 @@ class Queue(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+def check_receive_args(max_messages: int, wait_s: float, lease_s: float) -> None:
+    """Raise ValueError for arguments no backend accepts."""
+    if max_messages < 1:
+        raise ValueError(f"max_messages must be >= 1, got {max_messages}")
+    if wait_s < 0:
+        raise ValueError(f"wait_s must be >= 0, got {wait_s}")
+    if lease_s <= 0:
+        raise ValueError(f"lease_s must be > 0, got {lease_s}")
+
+
+async def wait_set(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait for `event` up to `timeout_s`; True if it was set."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from batchgate.errors import BackendError, ConfigError
-from batchgate.queue.base import DeadLetter, Delivery, QueueDepth
+from batchgate.queue.base import DeadLetter, Delivery, QueueDepth, check_receive_args, wait_set
 
 __all__ = ["MemoryQueue", "open"]
 
@@ -62,7 +62,7 @@ class MemoryQueue:
 
     async def receive(self, max_messages: int, wait_s: float, lease_s: float) -> list[Delivery]:
         """Lease up to `max_messages` ready messages, blocking up to `wait_s` for the first."""
-        _check_receive_args(max_messages, wait_s, lease_s)
+        check_receive_args(max_messages, wait_s, lease_s)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while True:
@@ -77,7 +77,7 @@ class MemoryQueue:
             earliest = self._earliest()
             if earliest is not None:
                 timeout_s = min(timeout_s, earliest - time.monotonic())
-            await _wait_set(self._wakeup, timeout_s)
+            await wait_set(self._wakeup, timeout_s)
 
     async def ack(self, delivery: Delivery) -> bool:
         """Delete a message for good, only while the caller still holds its lease."""
@@ -225,25 +225,6 @@ class MemoryQueue:
         ):
             return None
         return message
-
-
-def _check_receive_args(max_messages: int, wait_s: float, lease_s: float) -> None:
-    if max_messages < 1:
-        raise ValueError(f"max_messages must be >= 1, got {max_messages}")
-    if wait_s < 0:
-        raise ValueError(f"wait_s must be >= 0, got {wait_s}")
-    if lease_s <= 0:
-        raise ValueError(f"lease_s must be > 0, got {lease_s}")
-
-
-async def _wait_set(event: asyncio.Event, timeout_s: float) -> bool:
-    """Wait for `event` up to `timeout_s`; True if it was set."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            await event.wait()
-    except TimeoutError:
-        return False
-    return True
 
 
 async def open(url: str) -> MemoryQueue:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from batchgate.queue import redis_lua
-from batchgate.queue.base import DeadLetter, Delivery, QueueDepth
+from batchgate.queue.base import DeadLetter, Delivery, QueueDepth, check_receive_args
 from batchgate.redis_db import (
     LuaScript,
     PipelinedClient,
@@ -129,7 +129,7 @@ class RedisQueue:
     @translate("queue")
     async def receive(self, max_messages: int, wait_s: float, lease_s: float) -> list[Delivery]:
         """Lease up to `max_messages` ready messages, blocking up to `wait_s` for the first."""
-        _check_receive_args(max_messages, wait_s, lease_s)
+        check_receive_args(max_messages, wait_s, lease_s)
         lease_ms = max(1, math.ceil(lease_s * 1000))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
@@ -316,15 +316,6 @@ class RedisQueue:
             return False
         args = [sid, lease, GROUP, *extra]
         return bool(await self._mux.run_script(script, [*self._lease_keys, *keys], args))
-
-
-def _check_receive_args(max_messages: int, wait_s: float, lease_s: float) -> None:
-    if max_messages < 1:
-        raise ValueError(f"max_messages must be >= 1, got {max_messages}")
-    if wait_s < 0:
-        raise ValueError(f"wait_s must be >= 0, got {wait_s}")
-    if lease_s <= 0:
-        raise ValueError(f"lease_s must be > 0, got {lease_s}")
 
 
 @translate("queue")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from batchgate.errors import BackendError
-from batchgate.queue.base import DeadLetter, Delivery, QueueDepth
+from batchgate.queue.base import DeadLetter, Delivery, QueueDepth, check_receive_args, wait_set
 from batchgate.sqlite_db import SqliteDatabase
 from batchgate.urls import local_path
 
@@ -141,7 +141,7 @@ class SqliteQueue:
 
     async def receive(self, max_messages: int, wait_s: float, lease_s: float) -> list[Delivery]:
         """Lease up to `max_messages` ready messages, blocking up to `wait_s` for the first."""
-        _check_receive_args(max_messages, wait_s, lease_s)
+        check_receive_args(max_messages, wait_s, lease_s)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         poll_s = POLL_MIN_S
@@ -163,7 +163,7 @@ class SqliteQueue:
             timeout_s = min(remaining_s, poll_s)
             if earliest is not None:
                 timeout_s = min(timeout_s, earliest - now)
-            if await _wait_set(self._wakeup, timeout_s):
+            if await wait_set(self._wakeup, timeout_s):
                 poll_s = POLL_MIN_S
             else:
                 poll_s = min(poll_s * 2, POLL_MAX_S)
@@ -259,25 +259,6 @@ def _fence_args(delivery: Delivery) -> tuple[int, str, float] | None:
         return int(seq), token, time.time()
     except ValueError:
         return None
-
-
-def _check_receive_args(max_messages: int, wait_s: float, lease_s: float) -> None:
-    if max_messages < 1:
-        raise ValueError(f"max_messages must be >= 1, got {max_messages}")
-    if wait_s < 0:
-        raise ValueError(f"wait_s must be >= 0, got {wait_s}")
-    if lease_s <= 0:
-        raise ValueError(f"lease_s must be > 0, got {lease_s}")
-
-
-async def _wait_set(event: asyncio.Event, timeout_s: float) -> bool:
-    """Wait for `event` up to `timeout_s`; True if it was set."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            await event.wait()
-    except TimeoutError:
-        return False
-    return True
 
 
 async def open(url: str) -> SqliteQueue:

@@ -49,7 +49,7 @@ from urllib.parse import urlsplit
 from batchgate.aws_client import AwsClient, AwsError, open_client
 from batchgate.errors import BackendError, ConfigError
 from batchgate.queue import sqs_messages as messages
-from batchgate.queue.base import DeadLetter, Delivery, QueueDepth
+from batchgate.queue.base import DeadLetter, Delivery, QueueDepth, check_receive_args
 from batchgate.urls import query_params
 
 __all__ = ["SqsQueue", "open"]
@@ -95,14 +95,6 @@ def _refused(exc: AwsError) -> bool:
     )
 
 
-def _check_receive_args(max_messages: int, wait_s: float, lease_s: float) -> None:
-    if max_messages < 1:
-        raise ValueError(f"max_messages must be >= 1, got {max_messages}")
-    if wait_s < 0:
-        raise ValueError(f"wait_s must be >= 0, got {wait_s}")
-    _check_lease(lease_s)
-
-
 def _check_lease(lease_s: float) -> None:
     if not 0 < lease_s <= MAX_VISIBILITY_S:
         raise ValueError(f"lease_s must be > 0 and <= {MAX_VISIBILITY_S} on SQS, got {lease_s}")
@@ -140,7 +132,7 @@ class SqsQueue:
 
     async def receive(self, max_messages: int, wait_s: float, lease_s: float) -> list[Delivery]:
         """Lease up to `max_messages` ready messages, long-polling up to `wait_s` for the first."""
-        _check_receive_args(max_messages, wait_s, lease_s)
+        check_receive_args(max_messages, wait_s, lease_s)
         self._forget_lapsed()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
