@@ -79,6 +79,7 @@ class Settings:
     result_ttl_s: float = dataclasses.field(default=86400.0, metadata=_env("RESULT_TTL"))
     drain_s: float = dataclasses.field(default=30.0, metadata=_env("DRAIN"))
     inline_max_bytes: int = dataclasses.field(default=64 * 1024, metadata=_env("INLINE_MAX"))
+    redirect_results: bool = dataclasses.field(default=False, metadata=_env("REDIRECT_RESULTS"))
 
     @classmethod
     def load(

@@ -113,3 +113,9 @@ def fails_once(payload: dict[str, str]) -> str:
         marker.write_text("failed once")
         raise RuntimeError("first call fails")
     return "worked"
+
+
+@app.function
+def big(payload: dict[str, int]) -> list[str]:
+    """A result of about `kib` KiB: too large to keep in the job record."""
+    return ["x" * 1000] * payload["kib"]

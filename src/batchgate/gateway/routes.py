@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from batchgate.app import FunctionInfo
 from batchgate.batches import BatchFormat, cut_chunks, join_results
@@ -22,6 +22,9 @@ from batchgate.gateway.prefer import parse_prefer, query_wait
 from batchgate.gateway.problems import error_response, job_problem
 from batchgate.jobs import Jobs, retry_after_s
 from batchgate.models import FunctionKind, Job, JobStatus, dumps, loads
+
+# How long a presigned result URL stays valid.
+REDIRECT_EXPIRES_S = 3600
 
 
 class Routes:
@@ -142,6 +145,17 @@ class Routes:
         job = await self._job(request)
         fmt = BatchFormat.from_accept(request.headers.get("accept"))
         headers = {"Job-Id": job.id, "Location": f"/v1/jobs/{job.id}"}
+        wants_redirect = request.query_params.get("redirect") in ("1", "true")
+        if (
+            job.result_ref is not None
+            and job.kind is FunctionKind.FUNCTION
+            and (wants_redirect or self.settings.redirect_results)
+        ):
+            # A result too large to keep in the job record lives in the store: let the
+            # client fetch it from there directly when the store can sign a URL.
+            url = await self.jobs.store.presigned_url(job.result_ref, REDIRECT_EXPIRES_S)
+            if url is not None:
+                return RedirectResponse(url, 303, headers={"Job-Id": job.id})
         return await self._outcome(job, headers, fmt)
 
     async def events(self, request: Request) -> Response:
