@@ -39,8 +39,8 @@ QUEUE_BACKENDS: dict[str, QueueFactory] = {
 }
 
 # Guarantees beyond the Queue protocol's common core (see queue/base.py). A contract test
-# marked `@pytest.mark.needs("name")` is skipped for a backend listed here as lacking it,
-# with the reason given: every other backend must pass it.
+# that covers one of them asserts the weaker, documented behaviour for a backend listed
+# here as lacking it (the `queue_lacks` fixture); every other backend gets the full check.
 QUEUE_LACKS: dict[str, dict[str, str]] = {
     "sqs": {
         "atomic_put": "SQS enqueues all or none per SendMessageBatch of 10 messages only",
@@ -61,22 +61,18 @@ QUEUE_LACKS: dict[str, dict[str, str]] = {
 }
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "needs(*capabilities): skip for queue backends in QUEUE_LACKS lacking one"
-    )
-
-
 @pytest.fixture(params=list(QUEUE_BACKENDS))
 async def queue(request: pytest.FixtureRequest, anyio_backend: str) -> AsyncIterator[Queue]:
     """An opened, empty Queue of each backend, closed after the test."""
-    lacks = QUEUE_LACKS.get(request.param, {})
-    for mark in request.node.iter_markers("needs"):
-        for capability in mark.args:
-            if capability in lacks:
-                pytest.skip(f"{request.param} lacks {capability}: {lacks[capability]}")
     opened = await QUEUE_BACKENDS[request.param](request)
     try:
         yield opened
     finally:
         await opened.aclose()
+
+
+@pytest.fixture
+def queue_lacks(request: pytest.FixtureRequest) -> frozenset[str]:
+    """The guarantees the current `queue` backend lacks (see QUEUE_LACKS)."""
+    backend = request.node.callspec.params["queue"]
+    return frozenset(QUEUE_LACKS.get(backend, {}))

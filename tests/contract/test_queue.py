@@ -95,14 +95,17 @@ async def test_max_messages_respected(queue: Queue) -> None:
     assert {d.body for d in first + rest} == {b"%d" % i for i in range(5)}
 
 
-@pytest.mark.needs("fifo")
-async def test_single_producer_order_is_kept(queue: Queue) -> None:
+async def test_single_producer_order_is_kept(queue: Queue, queue_lacks: frozenset[str]) -> None:
     bodies = [b"%d" % i for i in range(20)]
     for body in bodies[:10]:
         await queue.put([body])
     await queue.put(bodies[10:])
 
-    assert [d.body for d in await drain(queue)] == bodies
+    received = [d.body for d in await drain(queue)]
+    if "fifo" in queue_lacks:
+        assert sorted(received) == sorted(bodies)  # every message once, order best effort
+    else:
+        assert received == bodies
 
 
 async def test_lapsed_lease_is_redelivered(queue: Queue) -> None:
@@ -129,11 +132,13 @@ async def test_stale_receipt_is_fenced_after_redelivery(queue: Queue) -> None:
     assert await queue.ack(current)
 
 
-@pytest.mark.needs("subsecond_leases")
-async def test_lapsed_lease_is_fenced_before_redelivery(queue: Queue) -> None:
+async def test_lapsed_lease_is_fenced_before_redelivery(
+    queue: Queue, queue_lacks: frozenset[str]
+) -> None:
+    lease_s = 1.0 if "subsecond_leases" in queue_lacks else 0.1
     await queue.put([b"job"])
-    lapsed = await receive_one(queue, lease_s=0.1)
-    await asyncio.sleep(0.3)  # let the lease lapse (time passing, not synchronisation)
+    lapsed = await receive_one(queue, lease_s=lease_s)
+    await asyncio.sleep(lease_s + 0.2)  # let the lease lapse (time passing, not a sync)
 
     assert not await queue.extend(lapsed, LEASE_S)
     assert not await queue.ack(lapsed)
@@ -150,8 +155,9 @@ async def test_extend_keeps_the_lease(queue: Queue) -> None:
     assert await queue.ack(delivery)
 
 
-@pytest.mark.needs("delayed_retry_depth")
-async def test_retry_with_delay_hides_then_redelivers(queue: Queue) -> None:
+async def test_retry_with_delay_hides_then_redelivers(
+    queue: Queue, queue_lacks: frozenset[str]
+) -> None:
     await queue.put([b"job"])
     first = await receive_one(queue)
 
@@ -159,7 +165,12 @@ async def test_retry_with_delay_hides_then_redelivers(queue: Queue) -> None:
 
     assert not await queue.ack(first)
     assert await queue.receive(1, wait_s=0, lease_s=LEASE_S) == []
-    assert await queue.depth() == QueueDepth(ready=0, in_flight=0, delayed=1, dead=0)
+    depth = await queue.depth()
+    if "delayed_retry_depth" in queue_lacks:
+        # Hidden either way: counted as in flight rather than delayed.
+        assert (depth.ready, depth.in_flight + depth.delayed, depth.dead) == (0, 1, 0)
+    else:
+        assert depth == QueueDepth(ready=0, in_flight=0, delayed=1, dead=0)
     second = await receive_one(queue, wait_s=GUARD_S)
     assert (second.message_id, second.attempt) == (first.message_id, 2)
 
@@ -212,11 +223,17 @@ async def test_depth_counts_each_state(queue: Queue) -> None:
     assert await queue.depth() == QueueDepth(ready=1, in_flight=1, delayed=1, dead=1)
 
 
-@pytest.mark.needs("release_all")
-async def test_release_all_does_not_count_the_lost_attempt(queue: Queue) -> None:
+async def test_release_all_does_not_count_the_lost_attempt(
+    queue: Queue, queue_lacks: frozenset[str]
+) -> None:
     await queue.put([b"a", b"b", b"c"])
     held = await queue.receive(2, wait_s=0, lease_s=LEASE_S)
 
+    if "release_all" in queue_lacks:
+        # Nothing is released: the leases stay their holders' until they lapse.
+        assert await queue.release_all() == 0
+        assert all([await queue.ack(d) for d in held])
+        return
     assert await queue.release_all() == 2
 
     assert await queue.depth() == QueueDepth(ready=3, in_flight=0, delayed=0, dead=0)
@@ -226,12 +243,14 @@ async def test_release_all_does_not_count_the_lost_attempt(queue: Queue) -> None
     assert await queue.release_all() == 3
 
 
-@pytest.mark.needs("atomic_put", "fifo")
-async def test_put_many_is_visible_at_once(queue: Queue) -> None:
-    ids = await queue.put([b"m%d" % i for i in range(500)])
+async def test_put_many_is_visible_at_once(queue: Queue, queue_lacks: frozenset[str]) -> None:
+    weaker = {"atomic_put", "fifo"} & queue_lacks
+    count = 45 if weaker else 500  # more than one SendMessageBatch, few enough for moto
+    ids = await queue.put([b"m%d" % i for i in range(count)])
 
-    assert (await queue.depth()).ready == 500
-    assert [d.message_id for d in await drain(queue)] == ids
+    assert (await queue.depth()).ready == count
+    received = [d.message_id for d in await drain(queue)]
+    assert (sorted(received) == sorted(ids)) if weaker else (received == ids)
 
 
 async def test_delayed_put_waits_for_its_delay(queue: Queue) -> None:
