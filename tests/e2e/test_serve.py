@@ -298,3 +298,23 @@ def test_dead_letters_are_listed_and_redriven(server: ServeProcess, tmp_path: Pa
         assert r.status_code == 200, r.text
         assert r.json() == "worked"
         assert dlq("list").stdout.strip() == ""
+
+
+def test_sigterm_finishes_in_flight_work_then_exits(serve_factory: Any, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    first = serve_factory(data_dir=data_dir)
+    pid_file = tmp_path / "pid"
+    with first.client() as http:
+        location = http.post(
+            "/v1/functions/pid_then_sleep",
+            json={"pid_file": str(pid_file), "sleep": 1.0},
+            headers={"Prefer": "respond-async"},
+        ).headers["location"]
+        wait_for_file(pid_file)
+    assert first.stop() == 0  # SIGTERM: drains the running task, then exits cleanly
+    second = serve_factory(data_dir=data_dir)
+    with second.client() as http:
+        status = http.get(location).json()
+        assert status["status"] == "succeeded"
+        assert status["attempts"] == 1  # finished during the drain, not run again
+        assert http.get(location + "/result").json()["first"] is True
