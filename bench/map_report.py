@@ -99,7 +99,7 @@ def _md_facts(report: dict[str, Any]) -> str:
         f"- machine: {m['nproc']} CPUs, {m['cpu_model']}, {report['memory_mb']:,} MB RAM, "
         f"Python {m['python']}, batchgate {m['batchgate_commit']}\n"
         f"- load average (1/5/15 min): {load} at start, {load_end} at end. Other work on the "
-        "machine (other engineers' test runs) shares the 2 CPUs: `other CPU %` is the share "
+        "machine shares the 2 CPUs: `other CPU %` is the share "
         "of all CPUs used by processes other than the benchmark's while the measurement ran\n"
         f"- server: `batchgate serve bench/map_app.py --workers 2 --max-body 2GB "
         f"--max-items 20000000` on a free 127.0.0.1 port, a fresh one and a fresh "
