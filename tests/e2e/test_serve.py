@@ -40,6 +40,17 @@ def wait_for_file(path: Path, timeout_s: float = 30) -> str:
     raise AssertionError(f"{path} was never written")
 
 
+def start_sleeper(http: httpx.Client, pid_file: Path, sleep_s: float) -> tuple[str, int]:
+    """Submit `pid_then_sleep` without waiting; its Location and its executor's pid once the
+    function is running."""
+    location = http.post(
+        "/v1/functions/pid_then_sleep",
+        json={"pid_file": str(pid_file), "sleep": sleep_s},
+        headers={"Prefer": "respond-async"},
+    ).headers["location"]
+    return location, int(wait_for_file(pid_file))
+
+
 def test_plain_function_returns_its_result_in_the_same_response(server: ServeProcess) -> None:
     with server.client() as http:
         r = http.post("/v1/functions/echo", json={"hello": ["world", 1, None]})
@@ -113,13 +124,7 @@ def test_flaky_function_succeeds_on_retry(server: ServeProcess, tmp_path: Path) 
 def test_executor_killed_mid_task_is_redelivered(server: ServeProcess, tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
     with server.client() as http:
-        r = http.post(
-            "/v1/functions/pid_then_sleep",
-            json={"pid_file": str(pid_file), "sleep": 60},
-            headers={"Prefer": "respond-async"},
-        )
-        location = r.headers["location"]
-        victim = int(wait_for_file(pid_file))
+        location, victim = start_sleeper(http, pid_file, 60)
         os.kill(victim, signal.SIGKILL)
         r = http.get(location + "/result", params={"wait": 60})
         assert r.status_code == 200, r.text
@@ -145,12 +150,7 @@ def test_accepted_job_survives_kill_9_of_the_whole_server(
     first = serve_factory(data_dir=data_dir)
     pid_file = tmp_path / "pid"
     with first.client() as http:
-        running = http.post(
-            "/v1/functions/pid_then_sleep",
-            json={"pid_file": str(pid_file), "sleep": 60},
-            headers={"Prefer": "respond-async"},
-        ).headers["location"]
-        wait_for_file(pid_file)
+        running, _ = start_sleeper(http, pid_file, 60)
         queued = [
             http.post("/v1/functions/echo", json=i, headers={"Prefer": "respond-async"})
             for i in range(3)
@@ -305,12 +305,7 @@ def test_sigterm_finishes_in_flight_work_then_exits(serve_factory: Any, tmp_path
     first = serve_factory(data_dir=data_dir)
     pid_file = tmp_path / "pid"
     with first.client() as http:
-        location = http.post(
-            "/v1/functions/pid_then_sleep",
-            json={"pid_file": str(pid_file), "sleep": 1.0},
-            headers={"Prefer": "respond-async"},
-        ).headers["location"]
-        wait_for_file(pid_file)
+        location, _ = start_sleeper(http, pid_file, 1.0)
     assert first.stop() == 0  # SIGTERM: drains the running task, then exits cleanly
     second = serve_factory(data_dir=data_dir)
     with second.client() as http:
