@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.redis_server", "tests.fixtures.moto_server"]
+pytest_plugins = [
+    "tests.fixtures.redis_server",
+    "tests.fixtures.moto_server",
+    "tests.fixtures.ministack",
+]
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from batchgate.aws.package import LAMBDA_PYTHON
 from batchgate.errors import BatchgateError
 from batchgate.settings import Settings
 
@@ -452,6 +453,10 @@ def aws_template(
 @click.option(
     "--no-deps", is_flag=True, help="Leave the dependencies out (you provide them in a layer)."
 )
+@click.option(
+    "--python-version", default=LAMBDA_PYTHON, show_default=True,
+    help="The Python the wheels are for: the template's runtime (or an emulator's Python).",
+)  # fmt: skip
 @_fail_cleanly
 def aws_package(
     app_ref: str,
@@ -461,13 +466,14 @@ def aws_package(
     arch: str,
     include: tuple[Path, ...],
     no_deps: bool,
+    python_version: str,
 ) -> None:
     """Build the Lambda deployment zip for APP.
 
     It holds batchgate's source, the app (its file, or its module's top-level package),
     batchgate-lambda.json naming the app, and, unless --no-deps, batchgate's dependencies
     (with the redis and aws extras) and --requirements, installed by pip as manylinux
-    wheels for Python 3.12 on --arch. Run it where the app imports.
+    wheels for --python-version on --arch. Run it where the app imports.
     """
     from batchgate.aws.package import build_package
 
@@ -479,6 +485,7 @@ def aws_package(
         arch=arch,  # type: ignore[arg-type]  # click.Choice checked it
         with_deps=not no_deps,
         include=include,
+        python_version=python_version,
     )
     click.echo(
         f"wrote {report.path}: {report.files} files, {report.unzipped_bytes / 2**20:.1f} MiB "
@@ -489,3 +496,33 @@ def aws_package(
 
 if __name__ == "__main__":
     main()
+
+
+@aws.command("feeding")
+@click.argument("switch", type=click.Choice(["on", "off", "status"]))
+@click.option(
+    "--store",
+    "store_url",
+    required=True,
+    help="The stack's store: s3://BUCKET?region=… (the BucketName output).",
+)
+@_fail_cleanly
+def aws_feeding(switch: str, store_url: str) -> None:
+    """Turn feeder chains on or off (the kill switch), or show it.
+
+    Chains run while the object control/keep-feeding exists in the store: `off` removes
+    it, and every chain ends after its current hop (the controller starts none).
+    """
+    from batchgate.aws.chains import keep_feeding, set_keep_feeding
+    from batchgate.store import open_store
+
+    async def flip() -> bool:
+        store = await open_store(store_url)
+        try:
+            if switch != "status":
+                await set_keep_feeding(store, switch == "on")
+            return await keep_feeding(store)
+        finally:
+            await store.aclose()
+
+    click.echo("feeding is " + ("on" if asyncio.run(flip()) else "off"))

@@ -13,6 +13,7 @@ import dataclasses
 import importlib.metadata
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -119,6 +120,7 @@ def build_package(
     arch: Architecture = "x86_64",
     with_deps: bool = True,
     include: tuple[Path, ...] = (),
+    python_version: str = LAMBDA_PYTHON,
 ) -> PackageReport:
     """Write the deployment zip for `app_ref` (file.py[:attr] or module[:attr]) to `output`."""
     import batchgate
@@ -141,7 +143,9 @@ def build_package(
     with tempfile.TemporaryDirectory(prefix="batchgate-package-") as tmp:
         deps = Path(tmp) / "deps"
         if with_deps:
-            command = pip_command(deps, arch, requirements_file, constraints_file)
+            if not re.fullmatch(r"3\.\d+", python_version):
+                raise ConfigError(f"python version must be like 3.12, got {python_version!r}")
+            command = pip_command(deps, arch, requirements_file, constraints_file, python_version)
             result = subprocess.run(command, capture_output=True, text=True, check=False)
             if result.returncode != 0:
                 raise ConfigError(f"pip could not install the dependencies:\n{result.stderr}")

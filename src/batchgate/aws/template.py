@@ -40,6 +40,8 @@ CONTROLLER_HANDLER = "batchgate.aws.controller_handler"
 # Environment the controller reads (not BATCHGATE_*: Settings refuses names it does not know).
 FEEDER_FUNCTION_ENV = "FEEDER_FUNCTION_NAME"
 FEEDER_MAX_CHAINS_ENV = "FEEDER_MAX_CHAINS"
+FEEDER_MIN_CHAINS_ENV = "FEEDER_MIN_CHAINS"
+FEEDER_TASKS_PER_CHAIN_ENV = "FEEDER_TASKS_PER_CHAIN"
 
 LAMBDA_MAX_TIMEOUT_S = 900  # Lambda's longest function timeout (15 min)
 # A worker's timeout is the longest function's plus this (start-up, store I/O, ack).
@@ -201,7 +203,9 @@ def _functions(options: TemplateOptions, worker_s: int) -> Doc:
     functions["FeederFunction"] = res.function(
         "batchgate feeder: long-polls SQS, runs tasks, re-invokes itself",
         FEEDER_HANDLER,
-        worker_s,
+        # A hop is billed for the time it runs, not for its timeout: long hops mean few
+        # re-invocations. It stops taking tasks when the longest function would not fit.
+        options.worker_timeout_s or LAMBDA_MAX_TIMEOUT_S,
         ref("WorkerMemorySize"),
         worker_statements,
         # Without Allow, Lambda stops a self-invoking chain after about 16 hops.
@@ -217,11 +221,16 @@ def _functions(options: TemplateOptions, worker_s: int) -> Doc:
         [
             res.queue_access(res.CONTROLLER_SQS_ACTIONS),
             res.allow(["lambda:InvokeFunction"], get_att("FeederFunction", "Arn")),
+            # the kill switch, control/keep-feeding (HeadBucket needs ListBucket)
+            res.allow(["s3:GetObject"], sub("${Bucket.Arn}/control/*")),
+            res.allow(["s3:ListBucket"], get_att("Bucket", "Arn")),
         ],
         Environment={
             "Variables": {
                 FEEDER_FUNCTION_ENV: ref("FeederFunction"),
                 FEEDER_MAX_CHAINS_ENV: ref("MaxChains"),
+                FEEDER_MIN_CHAINS_ENV: ref("MinChains"),
+                FEEDER_TASKS_PER_CHAIN_ENV: ref("TasksPerChain"),
             }
         },
         Events={
@@ -266,6 +275,12 @@ def _parameters(options: TemplateOptions) -> Doc:
     else:
         params["MaxChains"] = res.number_param(
             2, 0, 1000, "Most feeder chains the controller runs (0 stops them all)"
+        )
+        params["MinChains"] = res.number_param(
+            1, 0, 1000, "Chains kept running with an empty queue (at most MaxChains)"
+        )
+        params["TasksPerChain"] = res.number_param(
+            10, 1, 1000, "Queued or running tasks per chain the controller aims for"
         )
     if options.in_vpc:
         params["VpcId"] = res.id_list_param(

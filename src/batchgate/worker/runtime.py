@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
+from collections.abc import Callable
 from typing import Any
 
 from batchgate.app import FunctionInfo, Registry
@@ -28,6 +30,8 @@ log = logging.getLogger("batchgate.worker")
 
 RECEIVE_WAIT_S = 20.0
 OUTAGE_BACKOFF_MAX_S = 5.0
+# With a time budget (a Lambda invocation), a task's limit leaves this much to commit it.
+COMMIT_MARGIN_S = 2.0
 
 
 def backoff_s(attempt: int, base_s: float, cap_s: float) -> float:
@@ -47,13 +51,21 @@ class Worker:
         store: Store,
         pool: ExecutorPool,
         settings: Settings,
+        time_left: Callable[[], float] | None = None,
+        receive_until_left_s: float = 0.0,
     ) -> None:
+        """`time_left`, when given, is the seconds this worker has left to live: every task's
+        time limit is cut to fit in it (a Lambda invocation's remaining time), and the worker
+        stops receiving once only `receive_until_left_s` is left, its long polls cut to end
+        by then (give or take the queue's rounding of waits), so none outlasts the stop."""
         self.registry = registry
         self.queue = queue
         self.state = state
         self.store = store
         self.pool = pool
         self.settings = settings
+        self.time_left = time_left
+        self.receive_until_left_s = receive_until_left_s
         # Tasks held at once: one running per executor plus as many again waiting, so an
         # executor never idles for a receive round trip.
         self.capacity = pool.size * 2
@@ -81,8 +93,11 @@ class Worker:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
+            wait_s = self._receive_wait_s()
+            if wait_s is None:
+                return  # the time to take tasks is over; `run` drains when told to stop
             try:
-                deliveries = await self.queue.receive(free, RECEIVE_WAIT_S, self.settings.lease_s)
+                deliveries = await self.queue.receive(free, wait_s, self.settings.lease_s)
             except BackendError as exc:
                 await self._backend_down("receive", exc)
                 continue
@@ -91,6 +106,15 @@ class Worker:
                 task = asyncio.create_task(self._handle(delivery), name="task")
                 self._in_flight[task] = delivery
                 task.add_done_callback(self._task_done)
+
+    def _receive_wait_s(self) -> float | None:
+        """The next receive's long poll, or None once this worker must take no more tasks."""
+        if self.time_left is None:
+            return RECEIVE_WAIT_S
+        left = self.time_left() - self.receive_until_left_s
+        if left <= 0:
+            return None
+        return min(RECEIVE_WAIT_S, left)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
@@ -141,6 +165,18 @@ class Worker:
                 task.cancel()  # kills the executor running it
                 await self.queue.ack(delivery)
 
+    def function(self, name: str) -> FunctionInfo:
+        """The registered function, its time limit cut to the time this worker has left."""
+        info = self.registry.get(name)
+        if self.time_left is None:
+            return info
+        limit = max(0.001, min(info.timeout_s, self.time_left() - COMMIT_MARGIN_S))
+        return info if limit == info.timeout_s else dataclasses.replace(info, timeout_s=limit)
+
+    async def handle(self, delivery: Delivery) -> None:
+        """Run one delivered task to its end: commit and ack, retry, or dead-letter it."""
+        await self._handle(delivery)
+
     async def _handle(self, delivery: Delivery) -> None:
         try:
             task = Task.decode(delivery.body)
@@ -155,7 +191,7 @@ class Worker:
             await self.queue.ack(delivery)  # cancelled, or finished by an earlier attempt
             return
         try:
-            info = self.registry.get(task.function)
+            info = self.function(task.function)
         except BatchgateError:
             error = JobError("UnknownFunction", f"no worker knows function {task.function!r}")
             await self._fail(delivery, task, error)
@@ -182,7 +218,7 @@ class Worker:
             await self.queue.ack(delivery)  # cancelled, failed by another chunk, or expired
             return
         try:
-            info = self.registry.get(task.function)
+            info = self.function(task.function)
         except BatchgateError:
             error = JobError("UnknownFunction", f"no worker knows function {task.function!r}")
             await self.chunks.give_up(delivery, task, FunctionInfo(task.function), job, error)
