@@ -58,6 +58,19 @@ def via_api_gateway(event: dict[str, Any]) -> bool:
     return "apiId" in context and ".lambda-url." not in str(context.get("domainName", ""))
 
 
+def stage_prefix(event: dict[str, Any]) -> str:
+    """The path prefix to strip: "/STAGE" for an HTTP API (payload 2.0) request on a named
+    stage, whose rawPath carries the stage; "/" otherwise ($default stage, REST, URLs)."""
+    context = event.get("requestContext") or {}
+    stage = str(context.get("stage") or "")
+    raw_path = str(event.get("rawPath") or "")
+    named = stage not in ("", "$default")
+    in_path = raw_path == f"/{stage}" or raw_path.startswith(f"/{stage}/")
+    if event.get("version") == "2.0" and via_api_gateway(event) and named and in_path:
+        return f"/{stage}"
+    return "/"
+
+
 def wait_limit_s(
     settings: Settings, event: dict[str, Any], left_s: float, env: dict[str, str]
 ) -> float:
@@ -120,7 +133,12 @@ def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
     try:
         jobs = Jobs(runtime.registry(), queue, state, store, settings)
         app = time_limited(create_gateway(jobs), deadline.at - CUTOFF_MARGIN_S)
-        adapter = Mangum(app, lifespan="off", text_mime_types=TEXT_TYPES)
+        adapter = Mangum(
+            app,
+            lifespan="off",
+            api_gateway_base_path=stage_prefix(event),
+            text_mime_types=TEXT_TYPES,
+        )
         response: dict[str, Any] = adapter(event, context)  # runs on the current loop
         return response
     finally:
