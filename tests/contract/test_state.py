@@ -17,6 +17,8 @@ STATE_URLS: dict[str, Callable[[pytest.FixtureRequest], str]] = {
     "memory": lambda request: "memory://",
     "sqlite": lambda request: f"sqlite:///{request.getfixturevalue('tmp_path') / 'state.db'}",
     "redis": lambda request: request.getfixturevalue("redis_url"),
+    # A one-node cluster-mode server with a hash-tagged prefix, as on ElastiCache Serverless.
+    "redis-cluster": lambda request: request.getfixturevalue("redis_cluster_url"),
 }
 
 
