@@ -352,3 +352,25 @@ def test_package_refuses_a_broken_app(tmp_path: Path) -> None:
     bad.write_text("app = 1\n")
     with pytest.raises(ConfigError, match=r"not a batchgate\.App"):
         pkg.build_package(str(bad), tmp_path / "x.zip", with_deps=False)
+
+
+def test_package_refuses_a_bad_python_version(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["aws", "package", str(APP), "-o", str(tmp_path / "x.zip"), "--python-version", "x"]
+    )
+    assert result.exit_code == 2
+    assert "python version must be like 3.12" in result.output
+    assert not (tmp_path / "x.zip").exists()
+
+
+def test_cli_feeding_flips_the_kill_switch(tmp_path: Path) -> None:
+    store = f"file://{tmp_path}/store"
+    runner = CliRunner()
+    for switch, shown in [("status", "off"), ("on", "on"), ("status", "on"), ("off", "off")]:
+        result = runner.invoke(main, ["aws", "feeding", switch, "--store", store])
+        assert result.exit_code == 0, result.output
+        assert result.output == f"feeding is {shown}\n"
+    assert not (tmp_path / "store" / "control" / "keep-feeding").exists()
+    result = runner.invoke(main, ["aws", "feeding", "on", "--store", "bogus://x"])
+    assert result.exit_code == 2
+    assert "unknown store URL scheme" in result.output
