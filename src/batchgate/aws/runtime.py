@@ -9,6 +9,7 @@ survive a freeze.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -78,7 +79,12 @@ def manifest_path() -> Path:
 
 def read_manifest() -> dict[str, Any]:
     """The `batchgate-lambda.json` that `batchgate aws package` put at the zip's root."""
-    path = manifest_path()
+    return _manifest_at(manifest_path())
+
+
+@functools.cache
+def _manifest_at(path: Path) -> dict[str, Any]:
+    """Read once per environment: the deployed zip never changes under it."""
     try:
         doc: dict[str, Any] = json.loads(path.read_text())
     except FileNotFoundError:

@@ -16,14 +16,13 @@ RELEASE_MARGIN_S before the end (waiting for an executor, or a slow commit) are 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
 
 from batchgate.aws import runtime
 from batchgate.aws.settlements import SettlementLog
-from batchgate.errors import BackendError, ConfigError
+from batchgate.errors import ConfigError
 from batchgate.queue import sqs_messages as messages
 from batchgate.queue.base import Delivery
 from batchgate.queue.sqs import SqsQueue
@@ -70,20 +69,7 @@ async def run_batch(
     worker: Worker, settlements: SettlementLog, batch: list[tuple[str, Delivery]], budget_s: float
 ) -> list[str]:
     """Run the batch within `budget_s`; the SQS message ids the worker did not delete."""
-    tasks = {asyncio.ensure_future(worker.handle(d)): (mid, d) for mid, d in batch}
-    done, pending = await asyncio.wait(tasks, timeout=max(0.0, budget_s)) if tasks else ((), ())
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    for task in done:
-        if task.exception() is not None:
-            mid = tasks[task][0]
-            log.error("task of message %s failed in the worker", mid, exc_info=task.exception())
-    for task in pending:
-        mid, delivery = tasks[task]
-        log.warning("message %s still running at the invocation's end: released", mid)
-        with contextlib.suppress(BackendError):  # it comes back when its lease lapses anyway
-            await settlements.retry(delivery, 0.0)
+    await worker.run_deliveries([delivery for _, delivery in batch], budget_s)
     return [mid for mid, delivery in batch if not settlements.removed(delivery)]
 
 

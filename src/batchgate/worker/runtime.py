@@ -103,9 +103,12 @@ class Worker:
                 continue
             self._outage_s = 0.0
             for delivery in deliveries:
-                task = asyncio.create_task(self._handle(delivery), name="task")
-                self._in_flight[task] = delivery
-                task.add_done_callback(self._task_done)
+                self._start(delivery)
+
+    def _start(self, delivery: Delivery) -> None:
+        task = asyncio.create_task(self._handle(delivery), name="task")
+        self._in_flight[task] = delivery
+        task.add_done_callback(self._task_done)
 
     def _receive_wait_s(self) -> float | None:
         """The next receive's long poll, or None once this worker must take no more tasks."""
@@ -123,18 +126,31 @@ class Worker:
             # A backend failure mid-task: the lease lapses and the task is delivered again.
             log.error("task failed in the worker", exc_info=task.exception())
 
-    async def _drain(self) -> None:
-        """Give in-flight tasks `drain_s` to finish, then kill them and release their leases."""
+    async def run_deliveries(self, deliveries: list[Delivery], budget_s: float) -> None:
+        """Run deliveries this worker did not receive itself (a Lambda event's records) for
+        at most `budget_s`, then stop and release the rest, as a drain does."""
+        for delivery in deliveries:
+            self._start(delivery)
+        await self._drain(budget_s)
+
+    async def _drain(self, timeout_s: float | None = None) -> None:
+        """Give in-flight tasks `timeout_s` (default `drain_s`) to finish, then kill them and
+        release their leases."""
         tasks = list(self._in_flight)
         if not tasks:
             return
-        _, pending = await asyncio.wait(tasks, timeout=self.settings.drain_s)
+        timeout_s = self.settings.drain_s if timeout_s is None else max(0.0, timeout_s)
+        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
         leftovers = [self._in_flight[t] for t in pending if t in self._in_flight]
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         for delivery in leftovers:
-            await self.queue.retry(delivery, 0.0)
+            log.warning("message %s still running at the stop: released", delivery.message_id)
+            try:
+                await self.queue.retry(delivery, 0.0)
+            except BackendError as exc:  # it comes back when its lease lapses anyway
+                log.warning("could not release message %s: %s", delivery.message_id, exc)
 
     async def _backend_down(self, what: str, exc: BackendError) -> None:
         """A backend is unreachable (a restart, a network blip): wait and try again, backing
