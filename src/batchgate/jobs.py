@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 
 from batchgate.app import FunctionInfo, Registry
 from batchgate.errors import BackendError, IdempotencyConflict, NotFound, Overloaded
@@ -23,6 +24,8 @@ from batchgate.queue import Queue
 from batchgate.settings import Settings
 from batchgate.state import State, Watch
 from batchgate.store import Store
+
+log = logging.getLogger("batchgate.jobs")
 
 # How often a submitter re-reads the queue depth for backpressure, at most.
 _DEPTH_CHECK_S = 0.5
@@ -48,6 +51,7 @@ class Jobs:
         self._depth_checked_at = 0.0
         self._depth_full = False
         self._stopping = asyncio.Event()
+        self._rescues: dict[str, asyncio.Task[None]] = {}
 
     def stop_waiting(self) -> None:
         """Make every wait in progress (and later) return at once: the process is stopping."""
@@ -82,18 +86,48 @@ class Jobs:
                 await self._enqueue(job, body)
                 return await self._wait(job, watch, wait_s)
         await self._check_same_request(stored, job)
-        if self._maybe_never_enqueued(stored):
-            # The first request stored the job but may have failed to enqueue it (a backend
-            # outage between the two writes). A second task is harmless: whichever runs
-            # first commits the outcome, the other finds the job settled.
-            await self._enqueue(stored, body)
+        await self._rescue_if_unstarted(stored, lambda: self._enqueue(stored, body))
         return await self.wait(stored.id, wait_s, owner=owner)
 
-    def _maybe_never_enqueued(self, job: Job) -> bool:
-        age_s = time.time() - job.created_at
-        return (
-            job.status is JobStatus.QUEUED and job.attempts == 0 and age_s > self.settings.lease_s
-        )
+    async def _rescue_if_unstarted(
+        self, stored: Job, enqueue: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Enqueue a repeated request's job again if it stays queued, never started, a lease.
+
+        The first request may have stored the job and then failed to enqueue it (a backend
+        outage between the two writes, answered with a 503 that the client now retries). A
+        job younger than a lease may still be on its way into the queue, so it is checked
+        again once it is a lease old. A second task is harmless: whichever runs first
+        commits the outcome, the other finds the job settled.
+        """
+        if stored.status is not JobStatus.QUEUED or stored.attempts or stored.id in self._rescues:
+            return
+        delay_s = stored.created_at + self.settings.lease_s - time.time()
+        if delay_s <= 0:
+            await enqueue()
+            return
+        rescue = asyncio.create_task(self._rescue_later(stored.id, delay_s, enqueue))
+        self._rescues[stored.id] = rescue
+        rescue.add_done_callback(lambda _: self._rescues.pop(stored.id, None))
+
+    async def _rescue_later(
+        self, job_id: str, delay_s: float, enqueue: Callable[[], Awaitable[None]]
+    ) -> None:
+        await asyncio.sleep(delay_s)  # a timer: the job's lease since it was stored
+        try:
+            job = await self.state.get_job(job_id)
+            if job is not None and job.status is JobStatus.QUEUED and job.attempts == 0:
+                log.warning("job %s was never started; enqueueing it again", job_id)
+                await enqueue()
+        except BackendError as e:
+            log.warning("could not re-enqueue job %s: %s", job_id, e)
+
+    async def aclose(self) -> None:
+        """Cancel pending rescues (they only matter while this process serves requests)."""
+        rescues = list(self._rescues.values())
+        for rescue in rescues:
+            rescue.cancel()
+        await asyncio.gather(*rescues, return_exceptions=True)
 
     async def submit_map(
         self,
@@ -136,6 +170,8 @@ class Jobs:
                 return await self._wait(job, watch, wait_s)
         await self._delete_blobs(job_id)
         await self._check_same_request(stored, job)
+        # The first request stored the same chunks (same body) under its own job id.
+        await self._rescue_if_unstarted(stored, lambda: self._enqueue_chunks(stored, count))
         return await self.wait(stored.id, wait_s, owner=owner)
 
     async def _enqueue_chunks(self, job: Job, count: int) -> None:

@@ -155,21 +155,24 @@ async def serve(
                     log.info("re-queued %d tasks left running by an earlier process", released)
             registry = app.registry() if app is not None else Registry({})
             jobs = Jobs(registry, queue, state, store, settings)
-            async with asyncio.TaskGroup() as group:
-                if run_worker:
-                    assert app_ref is not None
-                    pool = ExecutorPool(app_ref, settings.workers)
-                    await pool.start()
-                    await state.put_manifest(dumps(registry.manifest()))
-                    worker = Worker(registry, queue, state, store, pool, settings)
-                    group.create_task(_run_worker(worker, pool, stop), name="worker")
-                    group.create_task(_until(stop, _cleanup_loop(jobs)), name="cleanup")
-                if app is None:
-                    await _load_manifest(jobs)
-                    group.create_task(_until(stop, _manifest_loop(jobs)), name="manifest")
-                if run_gateway:
-                    server = _Server(_uvicorn_config(jobs, settings))
-                    group.create_task(_run_gateway(server, jobs, stop), name="gateway")
+            try:
+                async with asyncio.TaskGroup() as group:
+                    if run_worker:
+                        assert app_ref is not None
+                        pool = ExecutorPool(app_ref, settings.workers)
+                        await pool.start()
+                        await state.put_manifest(dumps(registry.manifest()))
+                        worker = Worker(registry, queue, state, store, pool, settings)
+                        group.create_task(_run_worker(worker, pool, stop), name="worker")
+                        group.create_task(_until(stop, _cleanup_loop(jobs)), name="cleanup")
+                    if app is None:
+                        await _load_manifest(jobs)
+                        group.create_task(_until(stop, _manifest_loop(jobs)), name="manifest")
+                    if run_gateway:
+                        server = _Server(_uvicorn_config(jobs, settings))
+                        group.create_task(_run_gateway(server, jobs, stop), name="gateway")
+            finally:
+                await jobs.aclose()
 
 
 async def _load_manifest(jobs: Jobs) -> None:

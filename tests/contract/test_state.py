@@ -78,11 +78,20 @@ async def test_get_unknown_is_none(state: State) -> None:
     assert await state.get_job(new_job_id()) is None
 
 
-async def test_create_same_id_twice_raises(state: State) -> None:
+async def test_create_same_id_again_changes_nothing_and_reports_created(state: State) -> None:
+    # The same write retried after its reply was lost: the caller must still enqueue.
     job = await new_job(state)
-    with pytest.raises(ValueError):
-        await state.create_job(job.replace(function="other"))
+    again, created = await state.create_job(job.replace(function="other"))
+    assert created
+    assert again == job
     assert await state.get_job(job.id) == job
+
+
+async def test_create_same_keyed_job_again_reports_created(state: State) -> None:
+    job = await new_job(state, owner="a", idempotency_key="k")
+    again, created = await state.create_job(job)
+    assert created
+    assert again == job
 
 
 async def test_idempotent_create_returns_existing(state: State) -> None:

@@ -140,6 +140,9 @@ def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
             text_mime_types=TEXT_TYPES,
         )
         response: dict[str, Any] = adapter(event, context)  # runs on the current loop
+        # A rescue timer cannot outlive the invocation here: only a retry that comes a
+        # lease after the job was stored re-enqueues it (see Jobs._rescue_if_unstarted).
+        loop.run_until_complete(jobs.aclose())
         return response
     finally:
         loop.run_until_complete(backends.aclose())

@@ -32,7 +32,9 @@ class State(Protocol):
         """Store a new job; returns (job, True).
 
         With `job.idempotency_key` set and a job already stored for the same owner, function
-        and key, stores nothing and returns (that job, False). Atomic.
+        and key, stores nothing and returns (that job, False). A job whose id is already
+        stored stores nothing and returns (the stored job, True): ids are unguessable, so
+        only the same write retried after its reply was lost repeats one. Atomic.
         """
         ...
 

@@ -44,14 +44,15 @@ class MemoryState:
 
     async def create_job(self, job: Job) -> tuple[Job, bool]:
         """Store a new job, or return the one stored under the same idempotency key."""
+        stored = self._jobs.get(job.id)
+        if stored is not None:
+            return stored, True  # the same write again
         key = None
         if job.idempotency_key is not None:
             key = (job.owner, job.function, job.idempotency_key)
             existing_id = self._by_key.get(key)
             if existing_id is not None:
                 return self._jobs[existing_id], False
-        if job.id in self._jobs:
-            raise ValueError(f"job id {job.id!r} is already stored")
         self._jobs[job.id] = job
         if key is not None:
             self._by_key[key] = job.id

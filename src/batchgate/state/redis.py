@@ -110,12 +110,16 @@ class RedisState:
         terminal = b"1" if job.status.terminal else b"0"
         finished_at = b"" if job.finished_at is None else _float(job.finished_at)
         args = [job.id, self._job_prefix, self.ttl_s, terminal, finished_at, *_fields(job)]
+        # A connection lost before the reply makes the client run the script again; the
+        # second run finds this very job (by key or by id) and reports it as created.
         reply = await self._mux.run_script(CREATE, keys, args)
-        if reply[0] == 1:
-            return job, True
         if reply[0] == 0:
-            return _job(reply[1].decode(), reply[2]), False
-        raise ValueError(f"job id {job.id!r} is already stored")
+            stored = _job(reply[1].decode(), reply[2])
+            return stored, stored.id == job.id
+        if reply[0] == 2:
+            stored_again = await self.get_job(job.id)
+            return (job if stored_again is None else stored_again), True
+        return job, True
 
     @translate("state")
     async def get_job(self, job_id: str) -> Job | None:

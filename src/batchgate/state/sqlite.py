@@ -217,16 +217,14 @@ class SqliteState:
         def insert(conn: sqlite3.Connection) -> tuple[Any, bool]:
             if conn.execute(INSERT_JOB_IF_NEW, params).rowcount == 1:
                 return None, True
+            same_id = conn.execute(SELECT_JOB, (job.id,)).fetchone()
+            if same_id is not None:
+                return same_id, True  # the same write again
             key = (job.owner, job.function, job.idempotency_key)
-            row = conn.execute(SELECT_BY_KEY, key).fetchone() if job.idempotency_key else None
-            return row, False
+            return conn.execute(SELECT_BY_KEY, key).fetchone(), False
 
         row, created = await self._db.write(insert)
-        if created:
-            return job, True
-        if row is None:
-            raise ValueError(f"job id {job.id!r} is already stored")
-        return _job(row), False
+        return (job, True) if row is None else (_job(row), created)
 
     async def get_job(self, job_id: str) -> Job | None:
         row = self._db.read_one(SELECT_JOB, (job_id,))
