@@ -473,7 +473,8 @@ def aws_package(
     It holds batchgate's source, the app (its file, or its module's top-level package),
     batchgate-lambda.json naming the app, and, unless --no-deps, batchgate's dependencies
     (with the redis and aws extras) and --requirements, installed by pip as manylinux
-    wheels for --python-version on --arch. Run it where the app imports.
+    wheels for --python-version on --arch. Run it where the app imports; run it on that
+    Python version and the modules also go in compiled, which shortens cold starts.
     """
     from batchgate.aws.package import build_package
 
@@ -492,6 +493,12 @@ def aws_package(
         f"unzipped, {report.zipped_bytes / 2**20:.1f} MiB zipped (app {report.app})",
         err=True,
     )
+    if not report.bytecode:
+        click.echo(
+            f"note: built on Python {sys.version_info.major}.{sys.version_info.minor}, not "
+            f"{python_version}: no compiled modules, so cold starts compile them",
+            err=True,
+        )
 
 
 if __name__ == "__main__":

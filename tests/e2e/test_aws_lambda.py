@@ -254,12 +254,13 @@ def test_feeder_chains_grow_run_reinvoke_and_stop(
     assert grown["demand"] >= 12
     assert grown["target"] == 3 and grown["started"] == 3  # 12 tasks / 2 per chain, max 3
 
-    # The chains drain the backlog, and a blocking POST is answered by them.
+    # The chains drain the backlog (their cold starts can outlast one request's wait, so
+    # the results are polled), then answer a blocking POST within it.
+    for queued in backlog:
+        assert feeder_stack.result_of(queued.headers["Job-Id"]).json() == 1
     r = http.post("/v1/functions/echo", json={"via": "feeder"})
     assert r.status_code == 200, r.text
     assert r.json() == {"via": "feeder"}
-    for queued in backlog:
-        assert feeder_stack.result_of(queued.headers["Job-Id"]).json() == 1
 
     # Each hop stops with time to spare and invokes the next one itself.
     _wait_for(

@@ -46,7 +46,7 @@ from batchgate.aws.package import MANIFEST_NAME
 from batchgate.errors import ConfigError
 from batchgate.redis_db import split_url
 from batchgate.store import open_store
-from tests.fixtures.redis_server import RedisServer
+from tests.fixtures.redis_server import RedisServer, start_redis_server
 
 APPS = Path(__file__).parents[1] / "apps"
 TEST_APP = APPS / "testapp.py"
@@ -520,6 +520,43 @@ def test_gateway_answers_202_before_the_invocation_ends(backends: Backends) -> N
     later = call_gateway(rest_api_event("GET", f"/v1/jobs/{job_id}"))
     assert later["statusCode"] == 200
     assert body_of(later)["status"] == "queued"
+
+
+def test_warm_invocations_reuse_the_backends_and_survive_lost_connections(
+    backends: Backends, redis_server: RedisServer
+) -> None:
+    first = submit_async("echo", {"warm": 0})  # opens the backends
+    assert job_status(first)["status"] == "queued"
+    with redis.Redis(port=redis_server.port) as admin:
+        before = admin.info("stats")["total_connections_received"]
+        jobs = [submit_async("echo", {"warm": n}) for n in range(1, 6)]
+        assert [job_status(j)["status"] for j in jobs] == ["queued"] * 5
+        assert admin.info("stats")["total_connections_received"] == before
+
+        # A long freeze can outlast connections: the next invocation makes them again.
+        assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+        admin.client_kill_filter(_type="pubsub", skipme=True)
+    assert job_status(first)["status"] == "queued"
+    assert job_status(submit_async("echo", {"warm": 6}))["status"] == "queued"
+
+
+def test_a_backend_error_drops_the_warm_backends(
+    backends: Backends, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    server = start_redis_server(tmp_path / "state-redis")
+    try:
+        monkeypatch.setenv("BATCHGATE_STATE", server.url)
+        job_id = submit_async("echo", {"n": 1})
+        server.stop()
+        response = call_gateway(function_url_event("GET", f"/v1/jobs/{job_id}"))
+        assert response["statusCode"] == 503, response
+        assert body_of(response)["type"].endswith("backend-unavailable")
+        assert runtime._backends is None  # the next invocation opens them afresh
+        server.start()
+        assert call_gateway(function_url_event("GET", "/healthz"))["statusCode"] == 200
+        assert runtime._backends is not None
+    finally:
+        server.stop()
 
 
 # --- the SQS worker ---------------------------------------------------------------------------

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -345,6 +348,34 @@ def test_package_without_deps(tmp_path: Path) -> None:
     again = tmp_path / "again.zip"
     pkg.build_package(str(APP), again, with_deps=False)
     assert again.read_bytes() == out.read_bytes()
+
+
+def test_package_for_this_python_ships_bytecode_python_uses(tmp_path: Path) -> None:
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    report = pkg.build_package(str(APP), tmp_path / "l.zip", with_deps=False, python_version=here)
+    assert report.bytecode
+    code = tmp_path / "code"
+    with zipfile.ZipFile(report.path) as archive:
+        archive.extractall(code)
+        pyc = archive.read(importlib.util.cache_from_source("batchgate/aws/runtime.py"))
+    assert int.from_bytes(pyc[4:8], "little") == 0b01  # hash-based, source never checked
+    # A changed source does not matter: the (read-only, on Lambda) compiled module is used.
+    with (code / "testapp.py").open("a") as source:
+        source.write("raise RuntimeError('the source was compiled again')\n")
+    imported = subprocess.run(
+        [sys.executable, "-B", "-c", "import testapp, batchgate.aws.runtime"],
+        cwd=code, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
+
+
+def test_package_for_another_python_says_it_has_no_bytecode(tmp_path: Path) -> None:
+    out = tmp_path / "l.zip"
+    result = CliRunner().invoke(
+        main, ["aws", "package", str(APP), "-o", str(out), "--no-deps", "--python-version", "3.1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "no compiled modules" in result.stderr
 
 
 def test_package_refuses_a_broken_app(tmp_path: Path) -> None:

@@ -25,7 +25,6 @@ from batchgate.aws import chains as chain_store
 from batchgate.aws import runtime, template
 from batchgate.aws.feeder import hop_event, invoke_async, lambda_client
 from batchgate.errors import BackendError, ConfigError
-from batchgate.server import open_backends
 
 log = logging.getLogger("batchgate.aws.controller")
 
@@ -84,7 +83,7 @@ async def control(config: ControllerConfig) -> dict[str, Any]:
     settings = runtime.load_settings()
     chains = chain_store.Chains.open(settings.state_url)
     try:
-        async with open_backends(settings) as (queue, _, store):
+        async with runtime.backends(settings) as (queue, _, store):
             depth = await queue.depth()
             live, dead = await chains.alive()
             demand = depth.ready + depth.in_flight

@@ -24,7 +24,6 @@ from batchgate.aws import chains as chain_store
 from batchgate.aws import runtime
 from batchgate.aws_client import AwsClient, open_client
 from batchgate.errors import BackendError, ConfigError
-from batchgate.server import open_backends
 from batchgate.store import Store
 from batchgate.worker.runtime import Worker
 
@@ -110,7 +109,7 @@ async def handle(event: Any, context: runtime.LambdaContext) -> dict[str, Any]:
     stop_at_left_s = longest_s + HOP_MARGIN_S
     chains = chain_store.Chains.open(settings.state_url)
     try:
-        async with open_backends(settings) as (queue, state, store):
+        async with runtime.backends(settings) as (queue, state, store):
             current = Hop(token, hop, chains, store)
             if not await current.still_wanted():
                 log.info("chain %s… ends before hop %d: %s", token[:6], hop, current.reason)

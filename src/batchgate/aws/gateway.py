@@ -4,7 +4,7 @@ Mangum turns the invocation's event (a Function URL or API Gateway HTTP API requ
 payload 2.0; an API Gateway REST API request, payload 1.0; an ALB request) into one ASGI
 request to the same Starlette gateway `batchgate gateway` serves, and its response back.
 
-One invocation carries one request, so the backends are opened for it and closed after.
+One invocation carries one request, on the environment's warm backends (see runtime).
 How long a request may be held open is the least of:
 - BATCHGATE_MAX_WAIT (the template sets it 20 s under the gateway's timeout);
 - API_GATEWAY_WAIT_S for an API Gateway request when BATCHGATE_MAX_WAIT is not set, as API
@@ -21,7 +21,6 @@ reconnects with Last-Event-ID and resumes) rather than Lambda's timeout error.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
@@ -32,8 +31,10 @@ from batchgate.errors import BackendError
 from batchgate.gateway import create_gateway
 from batchgate.gateway.problems import error_response
 from batchgate.jobs import Jobs
-from batchgate.server import open_backends
+from batchgate.queue import Queue
 from batchgate.settings import Settings
+from batchgate.state import State
+from batchgate.store import Store
 
 log = logging.getLogger("batchgate.aws.gateway")
 
@@ -117,6 +118,19 @@ def time_limited(app: Any, cutoff_at: float) -> Any:
     return limited
 
 
+_jobs: Jobs | None = None
+
+
+def warm_jobs(backends: tuple[Queue, State, Store], settings: Settings) -> Jobs:
+    """The environment's Jobs over its warm backends, with this invocation's settings: what
+    it caches between requests (the queue depth it last read) outlives one invocation."""
+    global _jobs
+    if _jobs is None or (_jobs.queue, _jobs.state, _jobs.store) != backends:
+        _jobs = Jobs(runtime.registry(), *backends, settings)
+    _jobs.settings = settings  # this invocation's wait limit
+    return _jobs
+
+
 def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Serve the request in `event`; `context` is Lambda's (see runtime.LambdaContext)."""
     from mangum import Mangum  # the aws extra; imported only by the gateway Lambda
@@ -126,23 +140,17 @@ def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
     base = runtime.load_settings()
     limit = wait_limit_s(base, event, deadline.left_s(), dict(os.environ))
     settings = dataclasses.replace(base, max_wait_s=limit)
-    backends = contextlib.AsyncExitStack()
-    queue, state, store = loop.run_until_complete(
-        backends.enter_async_context(open_backends(settings))
+    jobs = warm_jobs(loop.run_until_complete(runtime.warm_backends(settings)), settings)
+    app = time_limited(create_gateway(jobs), deadline.at - CUTOFF_MARGIN_S)
+    adapter = Mangum(
+        app, lifespan="off", api_gateway_base_path=stage_prefix(event), text_mime_types=TEXT_TYPES
     )
     try:
-        jobs = Jobs(runtime.registry(), queue, state, store, settings)
-        app = time_limited(create_gateway(jobs), deadline.at - CUTOFF_MARGIN_S)
-        adapter = Mangum(
-            app,
-            lifespan="off",
-            api_gateway_base_path=stage_prefix(event),
-            text_mime_types=TEXT_TYPES,
-        )
         response: dict[str, Any] = adapter(event, context)  # runs on the current loop
+    finally:
         # A rescue timer cannot outlive the invocation here: only a retry that comes a
         # lease after the job was stored re-enqueues it (see Jobs._rescue_if_unstarted).
         loop.run_until_complete(jobs.aclose())
-        return response
-    finally:
-        loop.run_until_complete(backends.aclose())
+    if response["statusCode"] == 503 and BackendError.problem in str(response.get("body")):
+        loop.run_until_complete(runtime.drop_backends())  # the next request opens them anew
+    return response

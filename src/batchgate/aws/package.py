@@ -5,6 +5,11 @@ app (its file, or its module's top-level package), `batchgate-lambda.json` namin
 and its functions, and unless `with_deps=False` the dependencies of batchgate (with the
 `redis` and `aws` extras) and of an optional requirements file, installed by pip as
 manylinux wheels for the Lambda runtime's Python and architecture.
+
+When the Python building the zip is the runtime's own version, every module also goes in
+compiled (`__pycache__/*.pyc`, unchecked-hash, so the zip's fixed timestamps do not make
+them stale): Lambda's code directory is read-only, so without them every cold start
+compiles every module it imports again.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import dataclasses
 import importlib.metadata
 import importlib.util
 import json
+import py_compile
 import re
 import subprocess
 import sys
@@ -47,6 +53,7 @@ class PackageReport:
     files: int
     unzipped_bytes: int
     zipped_bytes: int
+    bytecode: bool = False
 
 
 def batchgate_requirements() -> list[str]:
@@ -153,26 +160,59 @@ def build_package(
                 # pip installs batchgate's scripts into bin/; Lambda needs none of them
                 if path.name not in ("bin", "batchgate"):
                     sources.append((path, path.name))
-        return _write_zip(output, zip_ref, sources, json.dumps(manifest, indent=2) + "\n")
+        manifest_text = json.dumps(manifest, indent=2) + "\n"
+        bytecode = python_version == f"{sys.version_info.major}.{sys.version_info.minor}"
+        return _write_zip(output, zip_ref, sources, manifest_text, bytecode)
+
+
+def compiled(path: Path, name: str, scratch: Path) -> bytes | None:
+    """`path` compiled by this Python as `name` (unchecked-hash pyc); None if it does not
+    compile here (a template or another version's file that is never imported)."""
+    cfile = scratch / "module.pyc"
+    try:
+        py_compile.compile(
+            str(path),
+            cfile=str(cfile),
+            dfile=name,
+            doraise=True,
+            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+        )
+    except (py_compile.PyCompileError, SyntaxError, ValueError):
+        return None
+    return cfile.read_bytes()
+
+
+def _zip_entries(
+    sources: list[tuple[Path, str]], bytecode: bool, scratch: Path
+) -> Iterator[tuple[str, bytes]]:
+    for source, top in sources:
+        for path, name in _walk(source, top):
+            yield name, path.read_bytes()
+            if bytecode and name.endswith(".py"):
+                pyc = compiled(path, name, scratch)
+                if pyc is not None:
+                    yield importlib.util.cache_from_source(name), pyc
 
 
 def _write_zip(
-    output: Path, app: str, sources: list[tuple[Path, str]], manifest: str
+    output: Path, app: str, sources: list[tuple[Path, str]], manifest: str, bytecode: bool
 ) -> PackageReport:
     output.parent.mkdir(parents=True, exist_ok=True)
     seen: set[str] = set()
     unzipped = files = 0
     partial = output.with_name(output.name + ".partial")
-    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
-        entries = [(path, name) for source, top in sources for path, name in _walk(source, top)]
-        for path, name in [*entries, (None, MANIFEST_NAME)]:
+    with (
+        tempfile.TemporaryDirectory(prefix="batchgate-pyc-") as scratch,
+        zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive,
+    ):
+        entries = _zip_entries(sources, bytecode, Path(scratch))
+        for name, data in [*entries, (MANIFEST_NAME, manifest.encode())]:
             if name in seen:
                 raise ConfigError(f"two files would be {name!r} in the zip")
             seen.add(name)
             info = zipfile.ZipInfo(name, _ZIP_TIME)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16  # readable by the Lambda runtime's user
-            data = manifest.encode() if path is None else path.read_bytes()
             archive.writestr(info, data)
             unzipped += len(data)
             files += 1
@@ -183,4 +223,4 @@ def _write_zip(
             f"{MAX_UNZIPPED_BYTES / 2**20:.0f} MiB (use a container image or fewer dependencies)"
         )
     partial.replace(output)
-    return PackageReport(output, app, files, unzipped, output.stat().st_size)
+    return PackageReport(output, app, files, unzipped, output.stat().st_size, bytecode)

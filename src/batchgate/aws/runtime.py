@@ -1,26 +1,35 @@
-"""What the Lambda entry points share: one event loop, the settings, the app, the executors.
+"""What the Lambda entry points share: one event loop, the settings, the app, the executors
+and the backends.
 
 A Lambda execution environment runs one invocation at a time and freezes between them. The
-loop, and the executor processes the workers start on it, live as long as the environment
-(warm invocations reuse them); backends are opened per invocation, so no connection has to
-survive a freeze.
+loop, the executor processes the workers start on it and the backends (their clients and
+connections) live as long as the environment: warm invocations reuse them, as AWS advises
+for SDK clients, instead of paying for new clients and connections every time. A
+connection a freeze let go stale is made again by the client's own retry; an invocation
+that fails with a backend error drops them all, and the next one opens them afresh.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import functools
 import json
 import logging
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from batchgate.app import Registry
 from batchgate.aws.package import MANIFEST_NAME
-from batchgate.errors import ConfigError
+from batchgate.errors import BackendError, ConfigError
+from batchgate.queue import Queue
+from batchgate.server import open_backends
 from batchgate.settings import Settings
+from batchgate.state import State
+from batchgate.store import Store
 from batchgate.worker.executor import ExecutorPool
 
 T = TypeVar("T")
@@ -50,8 +59,16 @@ class Deadline:
         return max(0.0, self.at - self._loop.time())
 
 
+@dataclasses.dataclass(frozen=True)
+class _OpenBackends:
+    urls: tuple[str, str, str]
+    backends: tuple[Queue, State, Store]
+    closer: contextlib.AsyncExitStack
+
+
 _loop: asyncio.AbstractEventLoop | None = None
 _pool: ExecutorPool | None = None
+_backends: _OpenBackends | None = None
 
 
 def loop() -> asyncio.AbstractEventLoop:
@@ -120,13 +137,50 @@ async def executor_pool(app: str, size: int) -> ExecutorPool:
     return _pool
 
 
+async def warm_backends(settings: Settings) -> tuple[Queue, State, Store]:
+    """The environment's queue, state and store: opened by the first invocation that needs
+    them (or once `settings` name others) and kept while the environment is warm."""
+    global _backends
+    urls = (settings.queue_url, settings.state_url, settings.store_url)
+    if _backends is not None and _backends.urls != urls:
+        await drop_backends()
+    if _backends is None:
+        closer = contextlib.AsyncExitStack()
+        opened = await closer.enter_async_context(open_backends(settings))
+        _backends = _OpenBackends(urls, opened, closer)
+    return _backends.backends
+
+
+@contextlib.asynccontextmanager
+async def backends(settings: Settings) -> AsyncIterator[tuple[Queue, State, Store]]:
+    """The warm backends for one invocation; a BackendError out of it drops them."""
+    opened = await warm_backends(settings)
+    try:
+        yield opened
+    except BackendError:
+        await drop_backends()
+        raise
+
+
+async def drop_backends() -> None:
+    """Close the environment's backends; the next invocation opens them again."""
+    global _backends
+    current, _backends = _backends, None
+    if current is not None:
+        try:
+            await current.closer.aclose()
+        except Exception as exc:  # closing a broken client must not fail the invocation
+            logging.getLogger("batchgate.aws").warning("closing the backends: %s", exc)
+
+
 def shutdown() -> None:
-    """Kill the executors and close the loop: the end of an environment (on Lambda it just
-    ends; tests and emulators call this)."""
+    """Close the backends, kill the executors and close the loop: the end of an environment
+    (on Lambda it just ends; tests and emulators call this)."""
     global _loop, _pool
     pool, _pool = _pool, None
     old, _loop = _loop, None
     if old is not None and not old.is_closed():
+        old.run_until_complete(drop_backends())
         if pool is not None:
             old.run_until_complete(pool.aclose())
         old.run_until_complete(old.shutdown_asyncgens())

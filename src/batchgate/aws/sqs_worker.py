@@ -26,7 +26,6 @@ from batchgate.errors import ConfigError
 from batchgate.queue import sqs_messages as messages
 from batchgate.queue.base import Delivery
 from batchgate.queue.sqs import SqsQueue
-from batchgate.server import open_backends
 from batchgate.worker.runtime import Worker
 
 log = logging.getLogger("batchgate.aws.worker")
@@ -81,7 +80,7 @@ async def handle(event: dict[str, Any], context: runtime.LambdaContext) -> dict[
     # SQS receipts carry wall-clock deadlines.
     batch = deliveries_of(event, time.time() + deadline.left_s())
     pool = await runtime.executor_pool(app, settings.workers)
-    async with open_backends(settings) as (queue, state, store):
+    async with runtime.backends(settings) as (queue, state, store):
         if not isinstance(queue, SqsQueue):
             raise ConfigError(f"sqs_handler needs an sqs:// queue, got {settings.queue_url!r}")
         settlements = SettlementLog(queue)
