@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,11 +35,11 @@ from typing import Any
 
 import boto3
 import httpx
+from roundtrip import STARTUP_S, free_port, redis_server, running
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 TEST_APP = ROOT / "tests" / "apps" / "testapp.py"
-STARTUP_S = 30.0
 REGION = "us-east-1"
 URL_HOST = "m7ftjwkx3pbsq4ocbvzhwx2u5e0ldkaq.lambda-url.us-east-1.on.aws"
 FAKE_AWS = {
@@ -53,48 +52,25 @@ FAKE_AWS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
-def process(cmd: list[str], log: Path, ready: Callable[[], bool]) -> Iterator[None]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    try:
+def moto_server(tmp: Path) -> Iterator[str]:
+    """A moto_server (SQS, S3) on a free loopback port; yields its endpoint."""
+    binary = shutil.which("moto_server", path=str(Path(sys.executable).parent))
+    if binary is None:
+        raise RuntimeError("moto_server is not in this venv (pip install -e '.[test]')")
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log = tmp / "moto.log"
+    with running([binary, "-H", "127.0.0.1", "-p", str(port)], log) as proc:
         deadline = time.monotonic() + STARTUP_S
-        while not ready():
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                httpx.get(endpoint, timeout=1)
+                break
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{cmd[0]} did not start:\n{log.read_text()[-2000:]}")
-            time.sleep(0.05)
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def answers(url: str) -> bool:
-    try:
-        httpx.get(url, timeout=1)
-        return True
-    except httpx.TransportError:
-        return False
-
-
-def answers_ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
+                raise RuntimeError(f"moto_server did not start:\n{log.read_text()[-2000:]}")
+            time.sleep(0.05)  # the port is not open yet: nothing to await
+        yield endpoint
 
 
 class Context:
@@ -198,26 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=300, help="per measurement")
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
     args = parser.parse_args(argv)
-    moto = shutil.which("moto_server", path=str(Path(sys.executable).parent))
-    if moto is None or shutil.which("redis-server") is None:
-        print("needs redis-server on PATH and moto_server in this venv", file=sys.stderr)
-        return 1
     os.environ.update(FAKE_AWS)
     with tempfile.TemporaryDirectory(prefix="bench-lambda-") as tmp_name:
         tmp = Path(tmp_name)
-        redis_port, moto_port = free_port(), free_port()
-        endpoint = f"http://127.0.0.1:{moto_port}"
-        redis_cmd = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-                     "--save", "", "--dir", str(tmp)]  # fmt: skip
-        with (
-            process(redis_cmd, tmp / "redis.log", lambda: answers_ping(redis_port)),
-            process(
-                [moto, "-H", "127.0.0.1", "-p", str(moto_port)],
-                tmp / "moto.log",
-                lambda: answers(endpoint),
-            ),  # fmt: skip
-        ):
-            figures = measure(tmp, endpoint, redis_port, args.requests)
+        with redis_server(tmp) as redis_url, moto_server(tmp) as endpoint:
+            figures = measure(tmp, endpoint, redis_url, args.requests)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     git = ["git", "-C", str(ROOT), "describe", "--always", "--dirty"]
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -241,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def measure(tmp: Path, endpoint: str, redis_port: int, n: int) -> dict[str, dict[str, float]]:
+def measure(tmp: Path, endpoint: str, redis_url: str, n: int) -> dict[str, dict[str, float]]:
     from batchgate.app import load_app
     from batchgate.aws import runtime
     from batchgate.aws.package import MANIFEST_NAME
@@ -255,7 +216,7 @@ def measure(tmp: Path, endpoint: str, redis_port: int, n: int) -> dict[str, dict
     os.environ.update({
         "LAMBDA_TASK_ROOT": str(task_root),
         "BATCHGATE_QUEUE": f"sqs://bench?endpoint_url={endpoint}&region={REGION}",
-        "BATCHGATE_STATE": f"redis://127.0.0.1:{redis_port}/0",
+        "BATCHGATE_STATE": redis_url,
         "BATCHGATE_STORE": f"s3://bench/?endpoint_url={endpoint}&region={REGION}",
     })  # fmt: skip
     submit = url_event("POST", "/v1/functions/echo", {"n": 1}, {"prefer": "respond-async"})
