@@ -17,7 +17,8 @@ import httpx
 import pytest
 import redis
 
-from tests.e2e.conftest import TEST_APP, free_port
+from tests.e2e.conftest import TEST_APP
+from tests.fixtures.ports import free_port
 from tests.fixtures.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
