@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -17,9 +18,15 @@ def scheme_of(url: str) -> str:
     return scheme
 
 
-def query_params(url: str) -> dict[str, str]:
-    """The URL's query string as a dict (last value wins)."""
-    return dict(parse_qsl(urlsplit(url).query))
+def query_params(url: str, known: Collection[str]) -> dict[str, str]:
+    """The URL's query string as a dict (last value wins); any name not in `known` is a
+    ConfigError that lists the known ones."""
+    params = dict(parse_qsl(urlsplit(url).query))
+    unknown = set(params) - set(known)
+    if unknown:
+        expected = ", ".join(sorted(known))
+        raise ConfigError(f"{url!r}: unknown parameter(s) {sorted(unknown)}; expected {expected}")
+    return params
 
 
 def local_path(url: str) -> Path:

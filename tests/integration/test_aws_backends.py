@@ -119,6 +119,16 @@ async def test_store_keys_are_validated_and_prefixed(s3_url: str, moto_server: s
         await store.aclose()
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["s3://bucket/p?endpoint=http://x&region=us-east-1", "sqs://jobs?endpoint=http://x"],
+)
+async def test_an_unknown_url_parameter_names_the_known_ones(url: str) -> None:
+    opener = open_store if url.startswith("s3") else open_queue
+    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['endpoint'\].*endpoint_url"):
+        await opener(url)
+
+
 async def test_missing_bucket_is_a_config_error(moto_server: str) -> None:
     with pytest.raises(ConfigError, match="no-such-bucket"):
         await open_store(f"s3://no-such-bucket/p?endpoint_url={moto_server}&region=us-east-1")

@@ -330,11 +330,7 @@ async def _queue_url(client: AwsClient, name: str, create: bool, **attributes: s
 
 def _parse(url: str) -> tuple[str, str, bool, int, dict[str, str]]:
     parts = urlsplit(url)
-    params = query_params(url)
-    unknown = set(params) - _PARAMS
-    if unknown:
-        expected = ", ".join(sorted(_PARAMS))
-        raise ConfigError(f"{url!r}: unknown parameter(s) {sorted(unknown)}; expected {expected}")
+    params = query_params(url, _PARAMS)
     name = parts.netloc
     dlq = params.get("dlq") or f"{name}-dlq"
     for queue in (name, dlq):

@@ -239,11 +239,7 @@ class _Upload:
 
 def _parse(url: str) -> tuple[str, str, dict[str, str]]:
     parts = urlsplit(url)
-    params = query_params(url)
-    unknown = set(params) - _PARAMS
-    if unknown:
-        expected = ", ".join(sorted(_PARAMS))
-        raise ConfigError(f"{url!r}: unknown parameter(s) {sorted(unknown)}; expected {expected}")
+    params = query_params(url, _PARAMS)
     bucket = parts.netloc
     if not _BUCKET.fullmatch(bucket) or ".." in bucket:
         raise ConfigError(
