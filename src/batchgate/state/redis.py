@@ -116,9 +116,6 @@ class RedisState:
         if reply[0] == 0:
             stored = _job(reply[1].decode(), reply[2])
             return stored, stored.id == job.id
-        if reply[0] == 2:
-            stored_again = await self.get_job(job.id)
-            return (job if stored_again is None else stored_again), True
         return job, True
 
     @translate("state")

@@ -76,7 +76,7 @@ end
 
 # KEYS: 1 job, 2 finished, 3 idempotency key (absent without one). ARGV: 1 job id,
 # 2 job key prefix, 3 ttl s, 4 '1' if terminal, 5 finished_at or '', then field pairs.
-# Returns {1} created, {0, existing id, the job packed} for a repeated key, {2} id taken.
+# Returns {1} created, or {0, stored id, the job packed} for a repeated key or job id.
 CREATE = (
     _PACK
     + """
@@ -87,7 +87,8 @@ if KEYS[3] then
     if record then return {0, existing, record} end
   end
 end
-if redis.call('EXISTS', KEYS[1]) == 1 then return {2} end
+local same_id = packed(KEYS[1])
+if same_id then return {0, ARGV[1], same_id} end  -- this write again (a lost reply)
 redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 if KEYS[3] then
   redis.call('SET', KEYS[3], ARGV[1])
