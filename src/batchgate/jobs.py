@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 
 from batchgate.app import FunctionInfo, Registry
+from batchgate.context import current_request_id
 from batchgate.errors import BackendError, IdempotencyConflict, NotFound, Overloaded
 from batchgate.keys import (
     chunk_input_key,
@@ -182,10 +183,11 @@ class Jobs:
                 job.id, None, JobStatus.SUCCEEDED, result_ref=map_result_key(job.id)
             )
             return
+        rid = current_request_id()
         for start in range(0, count, _ENQUEUE_BATCH):
             tasks = [
                 Task(job.id, job.function, payload_ref=chunk_input_key(job.id, i), chunk=i,
-                     chunks=count).encode()
+                     chunks=count, request_id=rid).encode()
                 for i in range(start, min(count, start + _ENQUEUE_BATCH))
             ]  # fmt: skip
             await self.queue.put(tasks)
@@ -201,10 +203,13 @@ class Jobs:
 
     async def _enqueue(self, job: Job, body: bytes) -> None:
         if len(body) <= self.settings.inline_max_bytes:
-            task = Task(job.id, job.function, payload=body)
+            task = Task(job.id, job.function, payload=body, request_id=current_request_id())
         else:
             await self.store.put(payload_key(job.id), body)
-            task = Task(job.id, job.function, payload_ref=payload_key(job.id))
+            task = Task(
+                job.id, job.function, payload_ref=payload_key(job.id),
+                request_id=current_request_id(),
+            )  # fmt: skip
         await self.queue.put([task.encode()])
 
     async def _check_backpressure(self) -> None:

@@ -121,6 +121,7 @@ class Task:
     """One queue message: a whole plain job, or chunk `chunk` of the `chunks` of a map job.
 
     The payload travels inline when small; otherwise `payload_ref` names a store key.
+    `request_id` is the id of the HTTP request that submitted the job, for log lines.
     """
 
     job_id: str
@@ -129,9 +130,12 @@ class Task:
     payload_ref: str | None = None
     chunk: int | None = None
     chunks: int | None = None
+    request_id: str | None = None
 
     def encode(self) -> bytes:
         doc: dict[str, Any] = {"job": self.job_id, "fn": self.function}
+        if self.request_id is not None:
+            doc["rid"] = self.request_id
         if self.chunk is not None:
             doc["chunk"] = self.chunk
             doc["of"] = self.chunks
@@ -154,6 +158,7 @@ class Task:
             payload_ref=doc.get("ref"),
             chunk=doc.get("chunk"),
             chunks=doc.get("of"),
+            request_id=doc.get("rid"),
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -13,6 +14,7 @@ from batchgate.gateway.auth import ApiKeys
 from batchgate.gateway.metrics import Metrics
 from batchgate.gateway.openapi import openapi_document
 from batchgate.gateway.problems import batchgate_error_handler, http_error_handler
+from batchgate.gateway.requestid import RequestIdMiddleware
 from batchgate.gateway.routes import Routes
 from batchgate.jobs import Jobs
 
@@ -60,6 +62,7 @@ def create_gateway(jobs: Jobs) -> Starlette:
             Route("/metrics", metrics.endpoint, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
+        middleware=[Middleware(RequestIdMiddleware)],
         exception_handlers={
             BatchgateError: batchgate_error_handler,
             HTTPException: http_error_handler,

@@ -8,6 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from batchgate.context import current_request_id
 from batchgate.errors import PROBLEM_BASE, BatchgateError, JobCancelled, JobFailed, Overloaded
 from batchgate.models import Job, JobStatus, dumps
 
@@ -17,6 +18,10 @@ PROBLEM_JSON = "application/problem+json"
 def problem_response(
     body: dict[str, Any], status: int, headers: dict[str, str] | None = None
 ) -> Response:
+    """A problem details response; it names the request id, when there is one."""
+    rid = current_request_id()
+    if rid is not None:
+        body = {**body, "request_id": rid}
     return Response(dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from batchgate.app import FunctionInfo, Registry
+from batchgate.context import request_id
 from batchgate.errors import BackendError, BatchgateError
 from batchgate.keys import result_key
 from batchgate.models import JobError, JobStatus, Task
@@ -199,6 +200,8 @@ class Worker:
         except (ValueError, KeyError, TypeError) as exc:
             await self.queue.dead_letter(delivery, f"undecodable task message: {exc}")
             return
+        # Each delivery runs in an asyncio task of its own, so this tags only its log lines.
+        request_id.set(task.request_id)
         if task.chunk is not None:
             await self._handle_chunk(delivery, task)
             return
