@@ -8,6 +8,7 @@ pytest_plugins = [
     "tests.fixtures.redis_server",
     "tests.fixtures.moto_server",
     "tests.fixtures.ministack",
+    "tests.fixtures.podman",
 ]
 
 
