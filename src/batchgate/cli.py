@@ -276,7 +276,7 @@ def submit_cmd(
 
 class _SubmitDisplay:
     """`batchgate submit`'s progress on standard error, only on a terminal: a bar for the
-    upload, then one for the job (its items, for a map job) until it is done."""
+    upload, then, for a map job, one for its items."""
 
     def __init__(self) -> None:
         from rich.console import Console
@@ -319,9 +319,9 @@ class _SubmitDisplay:
         self.job_id = job_id
         self._uploading.stop()
         self._running.update(self._items, description=f"job {job_id}")
-        self._running.start()
 
     def progressed(self, progress: Progress) -> None:
+        self._running.start()  # a map job's first event comes at once: its bar shows then
         done = progress.done + progress.failed
         self._running.update(self._items, completed=done, total=progress.total or None)
 

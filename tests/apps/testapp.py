@@ -121,7 +121,7 @@ def big(payload: dict[str, int]) -> list[str]:
     return ["x" * 1000] * payload["kib"]
 
 
-@app.function(timeout=120, retries=2)
+@app.function(timeout=60, retries=2)
 def gated(payload: dict[str, str]) -> int:
     """Notes each call in the file `calls`, then waits until the file `gate` exists; returns
     how many calls there have been (a test opens the gate when it is ready)."""

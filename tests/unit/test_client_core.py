@@ -6,6 +6,7 @@ from __future__ import annotations
 import email.utils
 import io
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -543,3 +544,13 @@ def test_server_settings_accept_the_client_variables() -> None:
     assert Settings.load(env=env).port == 9001
     with pytest.raises(ConfigError, match="BATCHGATE_URLS"):
         Settings.load(env={"BATCHGATE_URLS": "http://x"})
+
+
+def test_a_pipe_given_by_path_is_not_sent_twice(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    body = Body.of_source(fifo, "ndjson")
+    assert not body.replayable and body.total_bytes is None
+    regular = tmp_path / "in.json"
+    regular.write_bytes(b"[1]")
+    assert Body.of_source(regular).replayable and Body.of_source(regular).total_bytes == 3

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeGuard, TypeVar, cast
@@ -137,8 +138,11 @@ class Body:
         self.started = False
         self.sent_bytes = 0
         self._offset: int | None = None
+        self._regular = True
         if path is not None:
-            self.total_bytes = os.stat(path).st_size  # also: a missing file fails here, early
+            info = os.stat(path)  # also: a missing file fails here, early
+            self._regular = stat.S_ISREG(info.st_mode)  # not a pipe such as /dev/stdin
+            self.total_bytes = info.st_size if self._regular else None
         if file is not None and _seekable(file):
             self._offset = file.tell()  # type: ignore[attr-defined]  # _seekable checked it
 
@@ -169,6 +173,8 @@ class Body:
         """Whether the body can be sent again after its first piece was taken."""
         if self.file is not None:
             return self._offset is not None
+        if self.path is not None:
+            return self._regular
         if self.items is not None:
             return not isinstance(self.items, Iterator | AsyncIterator)
         return True

@@ -107,7 +107,8 @@ class ClientCore:
                 if delay_s is None:
                     return reply, body
                 reason = f"HTTP {reply.status}"
-            log.info("%s %s failed (%s); retry %d in %.2f s", call.method, call.url, reason,
+            where = call.url.split("?")[0]  # a presigned query is a credential: not logged
+            log.info("%s %s failed (%s); retry %d in %.2f s", call.method, where, reason,
                      retries.failures, delay_s)  # fmt: skip
             yield Sleep(delay_s)
 
