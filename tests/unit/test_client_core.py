@@ -257,6 +257,14 @@ def test_submit_names_the_job() -> None:
     assert gw.calls[0].headers["Prefer"] == "respond-async"
 
 
+def test_submit_is_done_once_the_job_is_named() -> None:
+    # The 202's body (the job's status) is read only to reuse the connection.
+    cut = (202, ACCEPTED, [b'{"id":', httpx.ReadError("reset")])
+    gw = Gateway(cut)
+    assert gw(gw.core.submit("f", 1)).id == "j1"
+    assert len(gw.calls) == 1
+
+
 def test_cancel_of_a_finished_job_returns_its_status() -> None:
     finished = answer(409, {"type": BASE + "job-finished", "detail": "job j1 already succeeded"})
     gw = Gateway(finished, answer(200, {"id": "j1", "status": "succeeded"}))

@@ -9,6 +9,7 @@ parses event streams. It performs nothing: its flows yield the steps of `steps.p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -82,6 +83,12 @@ class ClientCore:
             pieces.append(piece)
         return b"".join(pieces)
 
+    def drain(self, reply: Reply) -> Flow[None]:
+        """Read and drop the rest of a small body, so that its connection can serve the next
+        request; a connection lost meanwhile does not matter."""
+        with contextlib.suppress(*RETRYABLE_ERRORS):
+            yield from self.read(reply)
+
     def error(self, reply: Reply, body: bytes) -> BatchgateError:
         """The exception an error answer stands for."""
         return error_from_answer(reply.status, reply.headers, body)
@@ -106,6 +113,8 @@ class ClientCore:
                 delay_s = retries.next_delay_s(parse_retry_after(retry_after))
                 if delay_s is None:
                     return reply, body
+                if not read:
+                    yield from self.drain(reply)
                 reason = f"HTTP {reply.status}"
             where = call.url.split("?")[0]  # a presigned query is a credential: not logged
             log.info("%s %s failed (%s); retry %d in %.2f s", call.method, where, reason,
@@ -220,6 +229,8 @@ class ClientCore:
         )
         if reply.status not in (200, 202):
             raise self.error(reply, (yield from self.read(reply)))
+        if reply.status == 202:  # (a 200's body is the result: it is left unread)
+            yield from self.drain(reply)
         return self.accepted(reply, body.format)
 
     def functions(self) -> Flow[list[dict[str, Any]]]:

@@ -82,7 +82,8 @@ def run_file(
     if on_job is not None:
         on_job(job.id)
     out = Output(output)
-    if reply.status == 202:  # its body, the job's status, is not needed
+    if reply.status == 202:
+        yield from core.drain(reply)
         if kind == "map" and on_progress is not None:
             yield from _follow_progress(core, job, on_progress)
         reply = (yield from core.finished(job, read=False)).reply
