@@ -7,13 +7,16 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from batchgate.aws.package import LAMBDA_PYTHON
 from batchgate.errors import BatchgateError
 from batchgate.settings import Settings
+
+if TYPE_CHECKING:
+    from batchgate.models import Progress
 
 
 def _settings(**flags: Any) -> Settings:
@@ -198,8 +201,14 @@ def dlq_redrive(message_ids: tuple[str, ...], redrive_all: bool, **flags: Any) -
 @main.command("submit")
 @click.argument("function")
 @click.argument("file", default="-", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
-@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="Gateway URL.")
-@click.option("--api-key", default=None, help="API key, sent as Authorization: Bearer KEY.")
+@click.option(
+    "--url", default=None, help="Gateway URL [$BATCHGATE_URL, else http://127.0.0.1:8000]."
+)
+@click.option(
+    "--api-key",
+    default=None,
+    help="API key, sent as Authorization: Bearer KEY [$BATCHGATE_API_KEY].",
+)
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
     help="Write the result to this file [stdout].",
@@ -208,8 +217,23 @@ def dlq_redrive(message_ids: tuple[str, ...], redrive_all: bool, **flags: Any) -
     "--format", "fmt", type=click.Choice(["json", "ndjson"]), default=None,
     help="Input format [ndjson for .ndjson/.jsonl files, else json].",
 )  # fmt: skip
+@click.option(
+    "--idempotency-key", default=None,
+    help="Attach to the job an earlier submit with this key made, instead of a new one.",
+)  # fmt: skip
+@click.option(
+    "--attempts", type=click.IntRange(min=1), default=None,
+    help="Tries per request on connection errors and 429/502/503/504 (1: no retries) [6].",
+)  # fmt: skip
 def submit_cmd(
-    function: str, file: str, url: str, api_key: str | None, output: str, fmt: str | None
+    function: str,
+    file: str,
+    url: str | None,
+    api_key: str | None,
+    output: str,
+    fmt: str | None,
+    idempotency_key: str | None,
+    attempts: int | None,
 ) -> None:
     """Send FILE (JSON or NDJSON; - for stdin) to FUNCTION and write its result.
 
@@ -217,114 +241,89 @@ def submit_cmd(
     the result comes back in the input's format. Any other function gets the file's JSON
     value. Exit status: 0 done, 1 the job failed or the server refused, 2 usage error.
     """
-    import contextlib
-    import json
-
     import httpx
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TransferSpeedColumn,
-    )
 
-    from batchgate.client import Client
-    from batchgate.errors import NotFound
-    from batchgate.models import dumps
+    from batchgate.client import Client, InvalidInput, RetryPolicy
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per request
-    stdin = sys.stdin.buffer
-    if fmt is None:
-        fmt = "ndjson" if Path(file).suffix.lower() in (".ndjson", ".jsonl") else "json"
-    console = Console(stderr=True)
-    quiet = not console.is_terminal
-
-    class CountingReader:
-        """The input file, reporting each read to the upload bar."""
-
-        def __init__(self, on_read: Callable[[int], object]) -> None:
-            self.file = stdin if file == "-" else open(file, "rb")  # noqa: SIM115
-            self.on_read = on_read
-
-        def read(self, size: int = -1) -> bytes:
-            piece: bytes = self.file.read(size)
-            self.on_read(len(piece))
-            return piece
-
-        def close(self) -> None:
-            if self.file is not stdin:
-                self.file.close()
-
-    def write(pieces: Any) -> None:
-        first = next(pieces, b"")  # waits for the outcome before creating the output file
-        out = sys.stdout.buffer if output == "-" else open(output, "wb")  # noqa: SIM115
-        try:
-            out.write(first)
-            last = first[-1:]
-            for piece in pieces:
-                out.write(piece)
-                last = piece[-1:] or last
-            if last not in (b"\n", b""):
-                out.write(b"\n")  # a JSON result ends its line too
-        finally:
-            if output != "-":
-                out.close()
-
-    job_id = None
+    source = sys.stdin.buffer if file == "-" else file
+    target = sys.stdout.buffer if output == "-" else output
+    retry = RetryPolicy() if attempts is None else RetryPolicy(attempts=attempts)
     try:
-        with Client(url, api_key, poll_s=30.0) as client:
-            kinds = {f["name"]: f.get("kind") for f in client.functions()}
-            if function not in kinds:
-                known = ", ".join(sorted(kinds)) or "none"
-                raise NotFound(f"the gateway has no function {function!r} (it has: {known})")
-            if kinds[function] != "map":
-                raw = stdin.read() if file == "-" else Path(file).read_bytes()
-                try:
-                    payload = json.loads(raw)
-                except ValueError as exc:
-                    raise click.UsageError(f"{file} is not valid JSON: {exc}") from None
-                result = client.run(function, payload)
-                write(iter([result if isinstance(result, bytes) else dumps(result) + b"\n"]))
-                return
-            size = None if file == "-" else Path(file).stat().st_size
-            columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn())
-            with Progress(
-                TextColumn("upload"), *columns, console=console, disable=quiet, transient=True
-            ) as bars:
-                upload = bars.add_task("upload", total=size)
-                reader = CountingReader(lambda n: bars.advance(upload, n))
-                try:
-                    handle = client.submit(function, file=reader, format=fmt)
-                finally:
-                    reader.close()
-            job_id = handle.id
-            with Progress(
-                TextColumn(f"job {handle.id}"), BarColumn(), MofNCompleteColumn(),
-                TimeElapsedColumn(), console=console, disable=quiet,
-            ) as bars:  # fmt: skip
-                items = bars.add_task("items", total=None)
-                with contextlib.suppress(BatchgateError):  # fetching the result reports them
-                    for event in handle.events():
-                        if (progress := event.progress) is not None:
-                            done = progress.done + progress.failed
-                            bars.update(items, completed=done, total=progress.total or None)
-                        if event.terminal:
-                            break
-            write(handle.stream_result(format=fmt))
+        client = Client(url, api_key, poll_s=30.0, retry=retry)
+    except BatchgateError as exc:
+        raise click.UsageError(exc.message) from None
+    display = _SubmitDisplay()
+    try:
+        with client, display:
+            client.run_file(
+                function, source, target, format=fmt, idempotency_key=idempotency_key,
+                on_upload=display.uploaded, on_job=display.accepted, on_progress=display.progressed,
+            )  # fmt: skip
+    except InvalidInput as exc:
+        raise click.UsageError(str(exc)) from None
     except BatchgateError as exc:
         click.echo(f"batchgate: {exc.message}", err=True)
         sys.exit(1)
     except httpx.HTTPError as exc:
-        click.echo(f"batchgate: {url}: {exc}", err=True)
+        click.echo(f"batchgate: {client.base_url}: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        if job_id is not None:
-            click.echo(f"batchgate: interrupted; job {job_id} goes on", err=True)
+        if display.job_id is not None:
+            click.echo(f"batchgate: interrupted; job {display.job_id} goes on", err=True)
         sys.exit(130)
+
+
+class _SubmitDisplay:
+    """`batchgate submit`'s progress on standard error, only on a terminal: a bar for the
+    upload, then, for a map job, one for its items."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TransferSpeedColumn,
+        )
+        from rich.progress import Progress as Bars
+
+        console = Console(stderr=True)
+        quiet = not console.is_terminal
+        self.job_id: str | None = None
+        self._uploading = Bars(
+            TextColumn("upload"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            console=console, disable=quiet, transient=True,
+        )  # fmt: skip
+        self._running = Bars(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=console, disable=quiet,
+        )  # fmt: skip
+        self._upload = self._uploading.add_task("upload", total=None)
+        self._items = self._running.add_task("job", total=None)
+
+    def __enter__(self) -> _SubmitDisplay:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._uploading.stop()
+        self._running.stop()
+
+    def uploaded(self, sent_bytes: int, total_bytes: int | None) -> None:
+        self._uploading.start()
+        self._uploading.update(self._upload, completed=sent_bytes, total=total_bytes)
+
+    def accepted(self, job_id: str) -> None:
+        self.job_id = job_id
+        self._uploading.stop()
+        self._running.update(self._items, description=f"job {job_id}")
+
+    def progressed(self, progress: Progress) -> None:
+        self._running.start()  # a map job's first event comes at once: its bar shows then
+        done = progress.done + progress.failed
+        self._running.update(self._items, completed=done, total=progress.total or None)
 
 
 def _ids(text: str | None) -> tuple[str, ...]:

@@ -49,6 +49,13 @@ def _parse_bool(text: str) -> bool:
     raise ConfigError(f"{text!r} is not a boolean (use true or false)")
 
 
+# Read by batchgate.client (the gateway a client calls, and the key it sends), never by a
+# server: accepted in a server's environment too, so one shell can run both, and ignored.
+CLIENT_URL_ENV = "BATCHGATE_URL"
+CLIENT_API_KEY_ENV = "BATCHGATE_API_KEY"
+CLIENT_ONLY_ENV = frozenset({CLIENT_URL_ENV, CLIENT_API_KEY_ENV})
+
+
 def _env(name: str) -> dict[str, Any]:
     return {"env": name}
 
@@ -93,7 +100,11 @@ class Settings:
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
         by_env = {"BATCHGATE_" + f.metadata["env"]: f for f in fields.values()}
-        unknown_env = {k for k in env if k.startswith("BATCHGATE_") and k not in by_env}
+        unknown_env = {
+            k
+            for k in env
+            if k.startswith("BATCHGATE_") and k not in by_env and k not in CLIENT_ONLY_ENV
+        }
         if unknown_env:
             known = ", ".join(sorted(by_env))
             raise ConfigError(

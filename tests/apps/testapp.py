@@ -119,3 +119,16 @@ def fails_once(payload: dict[str, str]) -> str:
 def big(payload: dict[str, int]) -> list[str]:
     """A result of about `kib` KiB: too large to keep in the job record."""
     return ["x" * 1000] * payload["kib"]
+
+
+@app.function(timeout=60, retries=2)
+def gated(payload: dict[str, str]) -> int:
+    """Notes each call in the file `calls`, then waits until the file `gate` exists; returns
+    how many calls there have been (a test opens the gate when it is ready)."""
+    calls = Path(payload["calls"])
+    with calls.open("a") as file:
+        file.write(f"{os.getpid()}\n")
+    gate = Path(payload["gate"])
+    while not gate.exists():
+        time.sleep(0.02)  # the gate is a file another process creates: polled, not awaited
+    return len(calls.read_text().splitlines())

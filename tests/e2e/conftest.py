@@ -22,11 +22,17 @@ STARTUP_S = 60.0
 class ServeProcess:
     """One `batchgate serve` subprocess and an HTTP client pointed at it."""
 
-    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.extra = extra
         self.env = {**os.environ, "BATCHGATE_RETRY_BACKOFF": "0.05", **(env or {})}
-        self.port = free_port()
+        self.port = port or free_port()  # a restart takes its predecessor's port
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"serve-{self.port}.log"

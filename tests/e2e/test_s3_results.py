@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
 import pytest
+
+from batchgate.client import AsyncClient, Client
 
 pytestmark = pytest.mark.slow
 
@@ -35,3 +38,24 @@ def test_redirects_can_be_the_default(serve_factory: Any, s3_url: str) -> None:
     with server.client() as http:
         location = http.post("/v1/functions/big", json={"kib": 100}).headers["location"]
         assert http.get(location + "/result").status_code == 303
+
+
+def test_the_clients_follow_the_redirect_without_the_api_key(
+    serve_factory: Any, s3_url: str
+) -> None:
+    env = {"BATCHGATE_STORE": s3_url, "BATCHGATE_REDIRECT_RESULTS": "1"}
+    server = serve_factory("--api-key", "secret", env=env)
+    sent: list[httpx.Request] = []
+    hooks = {"request": [sent.append]}
+    expected = ["x" * 1000] * 100
+    with Client(server.url, "secret", http=httpx.Client(event_hooks=hooks)) as client:
+        assert client.submit("big", {"kib": 100}).result() == expected
+    (presigned,) = [r for r in sent if r.url.port != server.port]
+    assert "authorization" not in presigned.headers  # the API key stays with the gateway
+
+    async def fetch() -> Any:
+        async with AsyncClient(server.url, "secret") as client:
+            handle = await client.submit("big", {"kib": 100})
+            return await handle.result()
+
+    assert asyncio.run(fetch()) == expected

@@ -1,11 +1,13 @@
-"""The Python client: problem -> exception mapping, SSE parsing, and request flows over a
-mock transport (real servers are in tests/e2e)."""
+"""The two client shells over httpx's mock transports (the core's own tests are in
+test_client_core.py; real servers in tests/e2e/test_client.py), problem -> exception
+mapping, SSE parsing, and `batchgate submit` against a mock gateway."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +22,11 @@ from batchgate.client import (
     AsyncClient,
     Client,
     JobEvent,
+    RetryPolicy,
     SSEParser,
     error_from_problem,
     parse_sse,
 )
-from batchgate.client import sync as client_module
 from batchgate.models import Progress
 
 BASE = errors.PROBLEM_BASE
@@ -155,13 +157,13 @@ def test_sse_edge_cases() -> None:
     assert failed[0].terminal and failed[0].progress is None
 
 
-# -- request flows over a mock transport ------------------------------------------------------
+# -- the shells over a mock transport ---------------------------------------------------------
 
 
 class Recorder:
     """A mock gateway: answers from a list of (method, path-suffix, response) rules."""
 
-    def __init__(self, *rules: tuple[str, str, Callable[[httpx.Request], httpx.Response]]):
+    def __init__(self, *rules: tuple[str, str, Handler]) -> None:
         self.rules = list(rules)
         self.requests: list[httpx.Request] = []
         self.bodies: list[bytes] = []
@@ -193,12 +195,39 @@ def ndjson_reply(lines: list[Any], **headers: str) -> Handler:
     return lambda request: httpx.Response(200, content=content, headers=hdrs)
 
 
+def refuse(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectError("connection refused", request=request)
+
+
+class CutOff(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A body that breaks off after its first piece, as a reset connection does."""
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield b"[1,"
+        raise httpx.ReadError("connection reset")
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b"[1,"
+        raise httpx.ReadError("connection reset")
+
+
+def cut_off(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, stream=CutOff(), headers={"content-type": "application/json"})
+
+
 ACCEPTED = {"Job_Id": "j1", "Location": "/v1/jobs/j1"}
 STATUS = {"id": "j1", "status": "running"}
+FAST = RetryPolicy(backoff_s=0.001, backoff_max_s=0.001)
 
 
 def make_client(recorder: Recorder, **kwargs: Any) -> Client:
-    return Client("http://gw", api_key="k", transport=httpx.MockTransport(recorder), **kwargs)
+    http = httpx.Client(transport=httpx.MockTransport(recorder))
+    return Client("http://gw", api_key="k", http=http, **kwargs)
+
+
+def make_async_client(recorder: Recorder, **kwargs: Any) -> AsyncClient:
+    http = httpx.AsyncClient(transport=httpx.MockTransport(recorder.handle_async))
+    return AsyncClient("http://gw", http=http, **kwargs)
 
 
 def test_run_returns_the_result() -> None:
@@ -208,6 +237,7 @@ def test_run_returns_the_result() -> None:
     request = recorder.requests[0]
     assert request.headers["prefer"] == "wait=5"
     assert request.headers["content-type"] == "application/json"
+    assert request.headers["content-length"] == str(len(recorder.bodies[0]))
     assert request.headers["authorization"] == "Bearer k"
     assert json.loads(recorder.bodies[0]) == {"a": 1, "b": 2}
 
@@ -238,23 +268,27 @@ def test_run_raises_the_job_failure() -> None:
 
 def test_non_problem_errors_still_raise() -> None:
     recorder = Recorder(
-        ("POST", "/v1/functions/f", lambda r: httpx.Response(502, text="<html>bad</html>"))
+        ("POST", "/v1/functions/f", lambda r: httpx.Response(500, text="<html>bad</html>"))
     )
-    with make_client(recorder) as client, pytest.raises(errors.BackendError) as caught:
+    with make_client(recorder) as client, pytest.raises(errors.BatchgateError) as caught:
         client.run("f", 1)
-    assert "502" in caught.value.message
+    assert "500" in caught.value.message
 
 
 def test_map_streams_ndjson_and_returns_a_list() -> None:
     def items() -> Iterator[dict[str, int]]:
         yield from ({"n": n} for n in range(20_000))
 
-    recorder = Recorder(("POST", "/v1/functions/sq", ndjson_reply(list(range(3)))))
+    recorder = Recorder(
+        ("POST", "/v1/functions/sq", reply(202, STATUS, **ACCEPTED)),
+        ("GET", "/v1/jobs/j1/result", ndjson_reply(list(range(3)))),
+    )
     with make_client(recorder) as client:
         assert client.map("sq", items()) == [0, 1, 2]
     request = recorder.requests[0]
     assert request.headers["content-type"] == "application/x-ndjson"
     assert request.headers["accept"] == "application/x-ndjson"
+    assert request.headers["prefer"] == "respond-async"  # a generator cannot be sent twice
     assert "content-length" not in request.headers  # streamed, not built in memory
     lines = recorder.bodies[0].split(b"\n")
     assert lines[-1] == b"" and len(lines) == 20_001
@@ -280,6 +314,7 @@ def test_submit_then_events_result_and_cancel() -> None:
         ("POST", "/v1/functions/sq", reply(202, STATUS, **ACCEPTED)),
         ("GET", "/v1/jobs/j1/events", lambda r: httpx.Response(200, content=sse)),
         ("GET", "/v1/jobs/j1/result", ndjson_reply([1, 4, 9])),
+        ("GET", "/v1/jobs/j1/result", ndjson_reply([1, 4, 9])),
         ("DELETE", "/v1/jobs/j1", reply(409, {"type": BASE + "job-finished", "detail": "done"})),
         ("GET", "/v1/jobs/j1", reply(200, {"id": "j1", "status": "succeeded"})),
     )
@@ -290,9 +325,11 @@ def test_submit_then_events_result_and_cancel() -> None:
             "/v1/jobs/j1",
             "application/x-ndjson",
         )
+        assert repr(handle) == "JobHandle('j1')"
         events = list(handle.events())
         assert events[-1].event == "succeeded"
         assert handle.result() == [1, 4, 9]
+        assert b"".join(handle.stream_result()) == b"1\n4\n9\n"
         assert handle.cancel() == {"id": "j1", "status": "succeeded"}
     assert recorder.requests[0].headers["prefer"] == "respond-async"
     assert recorder.requests[1].headers["accept"] == "text/event-stream"
@@ -318,9 +355,35 @@ def test_result_wait_times_out() -> None:
         client.job("j1").result(wait=0.05)
 
 
-def test_submit_takes_exactly_one_source() -> None:
-    with make_client(Recorder()) as client, pytest.raises(TypeError):
-        client.submit("f", 1, items=[1])
+def test_connection_errors_are_retried_with_the_same_key() -> None:
+    recorder = Recorder(
+        ("POST", "/v1/functions/f", refuse),
+        ("POST", "/v1/functions/f", cut_off),
+        ("POST", "/v1/functions/f", reply(200, 7)),
+    )
+    with make_client(recorder, retry=FAST) as client:
+        assert client.run("f", 1) == 7
+    keys = {r.headers["idempotency-key"] for r in recorder.requests}
+    assert len(recorder.requests) == 3 and len(keys) == 1
+    assert recorder.bodies[0] == recorder.bodies[2] == b"1"
+
+
+def test_run_file_writes_the_output(tmp_path: Path) -> None:
+    source = tmp_path / "in.json"
+    source.write_bytes(b"[1, 2, 3]")
+    recorder = Recorder(
+        ("GET", "/v1/functions", FUNCTIONS),
+        ("POST", "/v1/functions/sq", reply(202, STATUS, **ACCEPTED)),
+        ("GET", "/v1/jobs/j1/result", reply(200, [1, 4, 9])),
+    )
+    uploads: list[tuple[int, int | None]] = []
+    with make_client(recorder) as client:
+        done = client.run_file(
+            "sq", source, tmp_path / "out.json", on_upload=lambda *a: uploads.append(a)
+        )
+    assert (tmp_path / "out.json").read_bytes() == b"[1, 4, 9]\n"
+    assert (done.job_id, done.written_bytes) == ("j1", 10)
+    assert uploads[-1] == (9, 9)
 
 
 def test_async_client() -> None:
@@ -329,26 +392,39 @@ def test_async_client() -> None:
             yield n
 
     recorder = Recorder(
-        ("POST", "/v1/functions/sq", ndjson_reply([0, 1, 4, 9, 16])),
+        ("POST", "/v1/functions/sq", reply(202, STATUS, **ACCEPTED)),
+        ("GET", "/v1/jobs/j1/result", ndjson_reply([0, 1, 4, 9, 16])),
+        ("POST", "/v1/functions/add", refuse),
+        ("POST", "/v1/functions/add", cut_off),
         ("POST", "/v1/functions/add", reply(202, STATUS, **ACCEPTED)),
         ("GET", "/v1/jobs/j1/result", reply(200, 5)),
         ("POST", "/v1/functions/add", reply(202, STATUS, **ACCEPTED)),
         ("GET", "/v1/jobs/j1/events", lambda r: httpx.Response(200, content=STREAM.encode())),
         ("GET", "/v1/jobs/j1/result", reply(409, errors.JobCancelled("gone").problem_details())),
+        ("GET", "/v1/jobs/j1/result", ndjson_reply([7])),
+        ("GET", "/v1/functions", FUNCTIONS),
+        ("POST", "/v1/functions/add", reply(200, 3, **ACCEPTED)),
     )
 
-    async def run() -> None:
-        transport = httpx.MockTransport(recorder.handle_async)
-        async with AsyncClient("http://gw", transport=transport, poll_s=0.01) as client:
+    async def run(tmp: io.BytesIO) -> None:
+        async with make_async_client(recorder, poll_s=0.01, retry=FAST) as client:
             assert await client.map("sq", items()) == [0, 1, 4, 9, 16]
             assert await client.run("add", [2, 3]) == 5
             handle = await client.submit("add", [1])
+            assert repr(handle) == "AsyncJobHandle('j1')"
             assert [e.event async for e in handle.events()][-1] == "succeeded"
             with pytest.raises(errors.JobCancelled):
                 await handle.result()
+            assert [p async for p in client.job("j1", "ndjson").stream_result()] == [b"7\n"]
+            done = await client.run_file("add", io.BytesIO(b"[1, 2]"), tmp)
+            assert done.kind == "function"
 
-    asyncio.run(run())
+    out = io.BytesIO()
+    asyncio.run(run(out))
+    assert out.getvalue() == b"3\n"
     assert recorder.bodies[0] == b"0\n1\n2\n3\n4\n"
+    adds = [r for r in recorder.requests[2:5]]
+    assert len({r.headers["idempotency-key"] for r in adds}) == 1  # retried as one request
 
 
 # -- batchgate submit -------------------------------------------------------------------------
@@ -360,12 +436,8 @@ def gateway(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Recorder]:
 
     def install(*rules: Any) -> Recorder:
         recorder = Recorder(*rules)
-        real = httpx.Client
-
-        def fake(**kwargs: Any) -> httpx.Client:
-            return real(**{**kwargs, "transport": httpx.MockTransport(recorder)})
-
-        monkeypatch.setattr(client_module.httpx, "Client", fake)
+        transport = httpx.MockTransport(recorder)
+        monkeypatch.setattr(Client, "_new_http", lambda self: httpx.Client(transport=transport))
         return recorder
 
     return install
@@ -394,6 +466,24 @@ def test_cli_submit_map(gateway: Callable[..., Recorder], tmp_path: Path) -> Non
     assert recorder.bodies[1] == b"1\n2\n3\n"
     assert recorder.requests[1].headers["content-type"] == BatchFormat.NDJSON
     assert recorder.requests[1].headers["authorization"] == "Bearer k"
+    assert recorder.requests[1].url.host == "127.0.0.1"
+
+
+def test_cli_submit_reads_the_environment(
+    gateway: Callable[..., Recorder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCHGATE_URL", "http://gw.example:9000")
+    monkeypatch.setenv("BATCHGATE_API_KEY", "from-env")
+    recorder = gateway(
+        ("GET", "/v1/functions", FUNCTIONS),
+        ("POST", "/v1/functions/add", reply(200, 3, **ACCEPTED)),
+    )
+    result = CliRunner().invoke(main, ["submit", "add", "--idempotency-key", "once"], input=b"[]")
+    assert result.exit_code == 0, result.output
+    post = recorder.requests[1]
+    assert (post.url.host, post.url.port) == ("gw.example", 9000)
+    assert post.headers["authorization"] == "Bearer from-env"
+    assert post.headers["idempotency-key"] == "once"
 
 
 def test_cli_submit_failure_exits_1(gateway: Callable[..., Recorder], tmp_path: Path) -> None:
@@ -418,7 +508,7 @@ def test_cli_submit_failure_exits_1(gateway: Callable[..., Recorder], tmp_path: 
 def test_cli_submit_plain_function(gateway: Callable[..., Recorder]) -> None:
     recorder = gateway(
         ("GET", "/v1/functions", FUNCTIONS),
-        ("POST", "/v1/functions/add", reply(200, {"sum": 3})),
+        ("POST", "/v1/functions/add", reply(200, {"sum": 3}, **ACCEPTED)),
     )
     result = CliRunner().invoke(main, ["submit", "add"], input=b'{"a": 1, "b": 2}')
     assert result.exit_code == 0, result.output
@@ -430,8 +520,11 @@ def test_cli_submit_usage_errors(gateway: Callable[..., Recorder], tmp_path: Pat
     runner = CliRunner()
     assert runner.invoke(main, ["submit", "sq", str(tmp_path / "missing.json")]).exit_code == 2
     assert runner.invoke(main, ["submit", "sq", "--format", "csv"]).exit_code == 2
+    assert runner.invoke(main, ["submit", "sq", "--url", "gw:80"], input=b"[]").exit_code == 2
     gateway(("GET", "/v1/functions", FUNCTIONS))
-    assert runner.invoke(main, ["submit", "add"], input=b"{not json").exit_code == 2
+    result = runner.invoke(main, ["submit", "add"], input=b"{not json")
+    assert result.exit_code == 2
+    assert "not valid JSON" in result.stderr
 
 
 def test_cli_submit_unknown_function(gateway: Callable[..., Recorder]) -> None:
@@ -439,3 +532,23 @@ def test_cli_submit_unknown_function(gateway: Callable[..., Recorder]) -> None:
     result = CliRunner().invoke(main, ["submit", "nope"], input=b"[]")
     assert result.exit_code == 1
     assert "no function 'nope'" in result.stderr
+
+
+def test_cli_submit_unreachable_gateway(gateway: Callable[..., Recorder]) -> None:
+    gateway(*[("GET", "/v1/functions", refuse)] * 2)
+    result = CliRunner().invoke(main, ["submit", "add", "--attempts", "2"], input=b"[]")
+    assert result.exit_code == 1
+    assert "http://127.0.0.1:8000: connection refused" in result.stderr
+
+
+def test_a_presigned_redirect_is_fetched_as_given() -> None:
+    presigned = "https://bucket.s3.example/r?X-Amz-Credential=a%2Fb%3D&X-Amz-Signature=f00"
+    recorder = Recorder(
+        ("GET", "/v1/jobs/j1/result", reply(303, b"", location=presigned)),
+        ("GET", "/r", reply(200, [1])),
+    )
+    with make_client(recorder) as client:
+        assert client.job("j1").result() == [1]
+    fetched = recorder.requests[1]
+    assert str(fetched.url) == presigned  # the query as signed, not re-encoded
+    assert "authorization" not in fetched.headers
