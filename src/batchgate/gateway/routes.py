@@ -22,6 +22,7 @@ from batchgate.gateway.prefer import parse_prefer, query_wait
 from batchgate.gateway.problems import error_response, job_problem
 from batchgate.jobs import Jobs, retry_after_s
 from batchgate.models import FunctionKind, Job, JobStatus, dumps, loads
+from batchgate.strictjson import strip_bom
 
 # How long a presigned result URL stays valid.
 REDIRECT_EXPIRES_S = 3600
@@ -102,10 +103,11 @@ class Routes:
         body = bytearray()
         async for piece in self._limited_stream(request):
             body += piece
-        if not body:
+        data = strip_bom(bytes(body))
+        if not data:
             raise BadRequest("the body is empty; send a JSON value")
-        loads(bytes(body))  # validates: malformed or non-UTF-8 JSON is a 400 here
-        return bytes(body)
+        loads(data)  # the strict rules, once: a body that breaks them is a 400 here
+        return data
 
     async def _outcome(
         self, job: Job, headers: dict[str, str], fmt: BatchFormat = BatchFormat.JSON
