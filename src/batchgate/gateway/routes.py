@@ -85,8 +85,13 @@ class Routes:
     async def _limited_stream(self, request: Request) -> AsyncIterator[bytes]:
         """The request body, refused with 413 once it passes --max-body."""
         limit = self.settings.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        declared = request.headers.get("content-length", "")
+        # ASCII digits only (isdigit() takes "²"), and no int() of 4301+ digits.
+        if (
+            declared.isascii()
+            and declared.isdigit()
+            and (len(declared) > 18 or int(declared) > limit)
+        ):
             raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}")
         seen = 0
         async for piece in request.stream():
@@ -138,6 +143,12 @@ class Routes:
         if wait_s:
             return await self.jobs.wait(job_id, wait_s, owner)
         return await self.jobs.get(job_id, owner)
+
+    async def job(self, request: Request) -> Response:
+        """`/v1/jobs/{id}`: GET the status, DELETE to cancel."""
+        if request.method == "DELETE":
+            return await self.cancel(request)
+        return await self.status(request)
 
     async def status(self, request: Request) -> Response:
         job = await self._job(request)
