@@ -19,9 +19,9 @@ from typing import Any
 import uvicorn
 
 from batchgate.app import Registry, load_app
-from batchgate.errors import ConfigError
+from batchgate.errors import BackendError, ConfigError
 from batchgate.gateway import create_gateway
-from batchgate.jobs import Jobs
+from batchgate.jobs import Jobs, expiry_interval_s
 from batchgate.models import dumps
 from batchgate.queue import Queue, open_queue
 from batchgate.settings import Settings
@@ -33,7 +33,6 @@ from batchgate.worker.runtime import Worker
 
 log = logging.getLogger("batchgate")
 
-CLEANUP_INTERVAL_S = 60.0
 # How often a gateway without APP re-reads the workers' function manifest.
 MANIFEST_REFRESH_S = 5.0
 
@@ -128,9 +127,12 @@ def _install_stop_signals(stop: asyncio.Event) -> None:
 
 
 async def _cleanup_loop(jobs: Jobs) -> None:
-    interval = min(CLEANUP_INTERVAL_S, max(1.0, jobs.settings.result_ttl_s / 4))
+    interval = expiry_interval_s(jobs.settings.result_ttl_s)
     while True:
-        await jobs.delete_expired(time.time())
+        try:
+            await jobs.delete_expired(time.time())
+        except BackendError as exc:  # an outage: the next round catches up
+            log.warning("deleting expired jobs failed: %s", exc.message)
         await asyncio.sleep(interval)
 
 
