@@ -120,11 +120,28 @@ class JobCancelled(BatchgateError):
 
 
 class BackendError(BatchgateError):
-    """A queue, store or state backend failed in a way the caller cannot fix."""
+    """A queue, store or state backend failed in a way the caller cannot fix.
+
+    `message` is for logs and may name files, hosts and keys; `public`, the problem's
+    detail, names only the kind of failure (no server paths or addresses).
+    """
 
     status = 503
     problem = "backend-unavailable"
     title = "Backend unavailable"
+    retry_after_s: ClassVar[int] = 2
+
+    def __init__(self, message: str, *, public: str | None = None, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.public = public or "a backend (queue, state or store) failed"
+
+    def problem_details(self, instance: str | None = None) -> dict[str, Any]:
+        body = super().problem_details(instance)
+        body["detail"] = self.public
+        return body
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class LeaseLost(BatchgateError):

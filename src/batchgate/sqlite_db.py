@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -55,7 +56,12 @@ class SqliteDatabase:
             raise self.error(exc) from exc
 
     def error(self, exc: BaseException) -> BackendError:
-        return BackendError(f"sqlite {self.label} {str(self.path)!r}: {exc}")
+        # SQLite's own messages ("database or disk is full") name no file; OSError's do.
+        reason = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else str(exc)
+        return BackendError(
+            f"sqlite {self.label} {str(self.path)!r}: {exc}",
+            public=f"the embedded {self.label} database failed: {reason}",
+        )
 
     def read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         """Every row of one read statement."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import sqlite3
 import time
@@ -267,4 +268,7 @@ async def open(url: str) -> SqliteQueue:
     try:
         return SqliteQueue(path)
     except OSError as exc:
-        raise BackendError(f"cannot open sqlite queue {str(path)!r}: {exc}") from exc
+        raise BackendError(
+            f"cannot open sqlite queue {str(path)!r}: {exc}",
+            public=f"the embedded queue could not be opened: {os.strerror(exc.errno or 0)}",
+        ) from exc

@@ -62,7 +62,10 @@ def _backend_errors(key: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise BackendError(f"file store, key {key!r}: {exc}") from exc
+        reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+        raise BackendError(
+            f"file store, key {key!r}: {exc}", public=f"the file store failed: {reason}"
+        ) from exc
 
 
 def _open_temp(path: Path) -> tuple[Path, BufferedWriter]:
