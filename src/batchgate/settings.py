@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from batchgate.attempts import DEFAULT_CRASH_RETRIES
 from batchgate.errors import ConfigError
 
 _SIZE_UNITS = {
@@ -75,6 +76,9 @@ class Settings:
     retry_backoff_max_s: float = dataclasses.field(
         default=300.0, metadata=_env("RETRY_BACKOFF_MAX")
     )
+    crash_retries: int = dataclasses.field(
+        default=DEFAULT_CRASH_RETRIES, metadata=_env("CRASH_RETRIES")
+    )
     reread_s: float = dataclasses.field(default=2.0, metadata=_env("REREAD"))
     result_ttl_s: float = dataclasses.field(default=86400.0, metadata=_env("RESULT_TTL"))
     drain_s: float = dataclasses.field(default=30.0, metadata=_env("DRAIN"))
@@ -113,6 +117,8 @@ class Settings:
     def validate(self) -> None:
         if self.max_wait_s < 0 or self.lease_s <= 0 or self.reread_s <= 0:
             raise ConfigError("max-wait must be >= 0, and lease and reread intervals positive")
+        if self.crash_retries < 0:
+            raise ConfigError("crash retries must be >= 0")
         if self.body_timeout_s <= 0:
             raise ConfigError("the body timeout must be positive")
         if self.max_body_bytes <= 0 or self.max_items <= 0:

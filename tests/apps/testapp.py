@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -119,3 +120,18 @@ def fails_once(payload: dict[str, str]) -> str:
 def big(payload: dict[str, int]) -> list[str]:
     """A result of about `kib` KiB: too large to keep in the job record."""
     return ["x" * 1000] * payload["kib"]
+
+
+@app.function(timeout=60, retries=2)
+def sleep_marked(payload: dict[str, Any]) -> int:
+    """Appends its pid to `marker` (one line per execution), then sleeps `seconds`."""
+    with Path(payload["marker"]).open("a") as marker:
+        marker.write(f"{os.getpid()}\n")
+    time.sleep(payload["seconds"])
+    return len(Path(payload["marker"]).read_text().splitlines())
+
+
+@app.function(retries=0)
+def crashes(payload: Any) -> Any:
+    """Kills its own executor process: a crash, never an exception."""
+    os.kill(os.getpid(), signal.SIGKILL)
