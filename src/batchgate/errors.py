@@ -141,7 +141,12 @@ class BackendError(BatchgateError):
         return body
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after_s)}
+        headers = {"Retry-After": str(self.retry_after_s)}
+        job_id = self.extra.get("job_id")
+        if job_id is not None:
+            # A job was stored though this request failed: it runs once the backends recover.
+            headers |= {"Job-Id": job_id, "Location": f"/v1/jobs/{job_id}"}
+        return headers
 
 
 class LeaseLost(BatchgateError):

@@ -35,6 +35,8 @@ _ENQUEUE_BATCH = 500
 # Expired jobs read and deleted per round of delete_expired.
 EXPIRY_BATCH = 500
 EXPIRY_INTERVAL_MAX_S = 60.0
+# Longest wait between tries to enqueue a job stored while its queue was failing.
+_RESCUE_BACKOFF_MAX_S = 60.0
 
 
 def request_hash(function: str, body: bytes) -> str:
@@ -86,14 +88,53 @@ class Jobs:
             idempotency_key=idempotency_key,
             request_hash=request_hash(info.name, body) if idempotency_key else None,
         )
+        large = len(body) > self.settings.inline_max_bytes
+        if large:
+            # Stored before the record: if the store fails, nothing was accepted.
+            await self.store.put(payload_key(job.id), body)
         async with self.state.watch(job.id) as watch:
-            stored, created = await self.state.create_job(job)
+            try:
+                stored, created = await self.state.create_job(job)
+            except BackendError:
+                await self._forget(job.id)
+                raise
             if created:
-                await self._enqueue(job, body)
+                await self._enqueue_or_roll_back(job, lambda: self._enqueue(job, body))
                 return await self._wait(job, watch, wait_s, gone)
+        if large:
+            await self._forget(job.id)  # the first request stored its own copy
         await self._check_same_request(stored, job)
-        await self._rescue_if_unstarted(stored, lambda: self._enqueue(stored, body))
+        await self._rescue_if_unstarted(stored, lambda: self._enqueue(stored, body, True))
         return await self.wait(stored.id, wait_s, owner=owner, gone=gone)
+
+    async def _enqueue_or_roll_back(self, job: Job, enqueue: Callable[[], Awaitable[None]]) -> None:
+        """Enqueue a job just stored; if that fails, remove the job (so the 503 that follows
+        accepted nothing). If even the removal fails, keep trying to enqueue it in the
+        background and raise with its id: the 503 then names the job, which will run once
+        the backends recover."""
+        try:
+            await enqueue()
+        except BackendError as exc:
+            try:
+                await self.state.delete_jobs([job.id])
+            except BackendError as undo:
+                log.error(
+                    "job %s was stored but neither queued nor removed (%s); queueing it "
+                    "once the backends recover", job.id, undo.message,
+                    extra={"job_id": job.id, "function": job.function},
+                )  # fmt: skip
+                self._rescue(job.id, self.settings.lease_s, enqueue)
+                raise BackendError(exc.message, public=exc.public, job_id=job.id) from exc
+            await self._forget(job.id)
+            raise
+
+    async def _forget(self, job_id: str) -> None:
+        """Delete a job's blobs, best effort: a job that never was must not keep them."""
+        try:
+            await self.store.delete([payload_key(job_id)])
+            await self._delete_blobs(job_id)
+        except BackendError as exc:
+            log.warning("could not delete the blobs of job %s: %s", job_id, exc.message)
 
     async def _rescue_if_unstarted(
         self, stored: Job, enqueue: Callable[[], Awaitable[None]]
@@ -112,21 +153,32 @@ class Jobs:
         if delay_s <= 0:
             await enqueue()
             return
-        rescue = asyncio.create_task(self._rescue_later(stored.id, delay_s, enqueue))
-        self._rescues[stored.id] = rescue
-        rescue.add_done_callback(lambda _: self._rescues.pop(stored.id, None))
+        self._rescue(stored.id, delay_s, enqueue)
+
+    def _rescue(self, job_id: str, delay_s: float, enqueue: Callable[[], Awaitable[None]]) -> None:
+        if job_id not in self._rescues:
+            rescue = asyncio.create_task(self._rescue_later(job_id, delay_s, enqueue))
+            self._rescues[job_id] = rescue
+            rescue.add_done_callback(lambda _: self._rescues.pop(job_id, None))
 
     async def _rescue_later(
         self, job_id: str, delay_s: float, enqueue: Callable[[], Awaitable[None]]
     ) -> None:
-        await asyncio.sleep(delay_s)  # a timer: the job's lease since it was stored
-        try:
-            job = await self.state.get_job(job_id)
-            if job is not None and job.status is JobStatus.QUEUED and job.attempts == 0:
-                log.warning("job %s was never started; enqueueing it again", job_id)
-                await enqueue()
-        except BackendError as e:
-            log.warning("could not re-enqueue job %s: %s", job_id, e)
+        """Enqueue the job once it is `delay_s` old, unless it started; a backend still
+        failing then is tried again later (backing off), for as long as this process runs."""
+        while True:
+            await asyncio.sleep(delay_s)  # a timer, then the backoff between tries
+            try:
+                job = await self.state.get_job(job_id)
+                if job is not None and job.status is JobStatus.QUEUED and job.attempts == 0:
+                    log.warning("job %s was never started; enqueueing it again", job_id)
+                    await enqueue()
+                return
+            except BackendError as e:
+                delay_s = min(_RESCUE_BACKOFF_MAX_S, max(1.0, delay_s * 2))
+                log.warning(
+                    "could not re-enqueue job %s, trying again in %.0f s: %s", job_id, delay_s, e
+                )
 
     async def aclose(self) -> None:
         """Cancel pending rescues (they only matter while this process serves requests)."""
@@ -172,9 +224,13 @@ class Jobs:
             request_hash=digest.hexdigest() if idempotency_key else None,
         )
         async with self.state.watch(job.id) as watch:
-            stored, created = await self.state.create_job(job)
+            try:
+                stored, created = await self.state.create_job(job)
+            except BackendError:
+                await self._forget(job.id)
+                raise
             if created:
-                await self._enqueue_chunks(job, count)
+                await self._enqueue_or_roll_back(job, lambda: self._enqueue_chunks(job, count))
                 return await self._wait(job, watch, wait_s, gone)
         await self._delete_blobs(job_id)
         await self._check_same_request(stored, job)
@@ -208,11 +264,14 @@ class Jobs:
                 job_id=stored.id,
             )
 
-    async def _enqueue(self, job: Job, body: bytes) -> None:
+    async def _enqueue(self, job: Job, body: bytes, store_payload: bool = False) -> None:
+        """Queue a plain job's task; a large payload travels in the store (put there first
+        when `store_payload`: a repeated request cannot know that the first one did)."""
         if len(body) <= self.settings.inline_max_bytes:
             task = Task(job.id, job.function, payload=body, request_id=current_request_id())
         else:
-            await self.store.put(payload_key(job.id), body)
+            if store_payload:
+                await self.store.put(payload_key(job.id), body)
             task = Task(
                 job.id, job.function, payload_ref=payload_key(job.id),
                 request_id=current_request_id(),

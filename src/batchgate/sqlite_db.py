@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from batchgate.diskspace import check_free_space
 from batchgate.errors import BackendError
 
 T = TypeVar("T")
@@ -62,6 +63,10 @@ class SqliteDatabase:
             f"sqlite {self.label} {str(self.path)!r}: {exc}",
             public=f"the embedded {self.label} database failed: {reason}",
         )
+
+    def check_free_space(self) -> None:
+        """Raise BackendError when the file's disk is (nearly) full."""
+        check_free_space(self.path.parent, f"embedded {self.label} database")
 
     def read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         """Every row of one read statement."""

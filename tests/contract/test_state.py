@@ -582,3 +582,7 @@ async def test_attempts_follow_their_rules(state: State, seed: int) -> None:
         stored = await state.get_job(job.id)
         assert stored is not None
         assert (stored.status, stored.attempts) == (model.status, model.attempts), step
+
+
+async def test_a_fresh_state_is_healthy(state: State) -> None:
+    await state.check_health()  # raises BackendError when it could not take writes

@@ -239,6 +239,10 @@ class SqliteQueue:
             self._wakeup.set()
         return moved
 
+    async def check_health(self) -> None:
+        """Fails when the queue file's disk is (nearly) full."""
+        self._db.check_free_space()
+
     async def aclose(self) -> None:
         """Close the connection; waiting receives then fail with BackendError."""
         self._db.close()

@@ -120,4 +120,12 @@ class State(Protocol):
 
     async def get_manifest(self) -> bytes | None: ...
 
+    async def check_health(self) -> None:
+        """Raise BackendError if this backend could not take writes now (its disk is full).
+
+        Cheap and side-effect free: readiness probes call it. Backends with nothing to
+        check beyond answering at all return at once.
+        """
+        ...
+
     async def aclose(self) -> None: ...

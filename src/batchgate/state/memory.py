@@ -197,5 +197,8 @@ class MemoryState:
     async def get_manifest(self) -> bytes | None:
         return self._manifest
 
+    async def check_health(self) -> None:
+        """Nothing to check beyond answering in memory."""
+
     async def aclose(self) -> None:
         """Nothing to release; the data stays readable until the object is dropped."""

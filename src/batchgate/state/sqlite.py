@@ -412,6 +412,10 @@ class SqliteState:
         row = self._db.read_one(GET_META, (MANIFEST_KEY,))
         return None if row is None else bytes(row[0])
 
+    async def check_health(self) -> None:
+        """Fails when the state file's disk is (nearly) full."""
+        self._db.check_free_space()
+
     async def aclose(self) -> None:
         """Close the connection; later calls raise BackendError."""
         self._db.close()

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
 from io import BufferedReader, BufferedWriter
 from pathlib import Path
 
+from batchgate.diskspace import check_free_space
 from batchgate.errors import BackendError, ConfigError, NotFound
 from batchgate.urls import local_path
 
@@ -221,6 +222,10 @@ class FileStore:
     async def presigned_url(self, key: str, expires_s: int) -> str | None:
         """None: a local folder has no URL a client could fetch from."""
         return None
+
+    async def check_health(self) -> None:
+        """Fails when the folder's disk is (nearly) full."""
+        check_free_space(self.root, "file store")
 
     async def aclose(self) -> None:
         """Nothing to release."""
