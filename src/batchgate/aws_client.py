@@ -31,7 +31,7 @@ class AwsError(BackendError):
     """An AWS call failed; `code` is the service's error code ('' when it never answered)."""
 
     def __init__(self, message: str, code: str = "") -> None:
-        super().__init__(message)
+        super().__init__(message, public=f"an AWS service failed ({code or 'no answer'})")
         self.code = code
 
 

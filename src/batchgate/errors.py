@@ -32,6 +32,10 @@ class BatchgateError(Exception):
         body.update(self.extra)
         return body
 
+    def headers(self) -> dict[str, str]:
+        """Response headers this error's problem carries besides its body."""
+        return {}
+
 
 class ConfigError(BatchgateError):
     """A setting, URL or app reference is wrong; raised before anything starts."""
@@ -51,11 +55,25 @@ class Unauthorized(BatchgateError):
     problem = "unauthorized"
     title = "Missing or invalid API key"
 
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="batchgate"'}
+
 
 class NotFound(BatchgateError):
     status = 404
     problem = "not-found"
     title = "Not found"
+
+
+class RequestTimeout(BatchgateError):
+    """The request body came too slowly (BATCHGATE_BODY_TIMEOUT)."""
+
+    status = 408
+    problem = "request-timeout"
+    title = "Request body too slow"
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}  # the rest of the body is not read
 
 
 class PayloadTooLarge(BatchgateError):
@@ -85,6 +103,9 @@ class Overloaded(BatchgateError):
         super().__init__(message, **extra)
         self.retry_after_s = retry_after_s
 
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
 
 class JobFailed(BatchgateError):
     status = 500
@@ -99,11 +120,33 @@ class JobCancelled(BatchgateError):
 
 
 class BackendError(BatchgateError):
-    """A queue, store or state backend failed in a way the caller cannot fix."""
+    """A queue, store or state backend failed in a way the caller cannot fix.
+
+    `message` is for logs and may name files, hosts and keys; `public`, the problem's
+    detail, names only the kind of failure (no server paths or addresses).
+    """
 
     status = 503
     problem = "backend-unavailable"
     title = "Backend unavailable"
+    retry_after_s: ClassVar[int] = 2
+
+    def __init__(self, message: str, *, public: str | None = None, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.public = public or "a backend (queue, state or store) failed"
+
+    def problem_details(self, instance: str | None = None) -> dict[str, Any]:
+        body = super().problem_details(instance)
+        body["detail"] = self.public
+        return body
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Retry-After": str(self.retry_after_s)}
+        job_id = self.extra.get("job_id")
+        if job_id is not None:
+            # A job was stored though this request failed: it runs once the backends recover.
+            headers |= {"Job-Id": job_id, "Location": f"/v1/jobs/{job_id}"}
+        return headers
 
 
 class LeaseLost(BatchgateError):

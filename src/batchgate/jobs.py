@@ -32,6 +32,11 @@ log = logging.getLogger("batchgate.jobs")
 _DEPTH_CHECK_S = 0.5
 # Chunk tasks enqueued per queue call.
 _ENQUEUE_BATCH = 500
+# Expired jobs read and deleted per round of delete_expired.
+EXPIRY_BATCH = 500
+EXPIRY_INTERVAL_MAX_S = 60.0
+# Longest wait between tries to enqueue a job stored while its queue was failing.
+_RESCUE_BACKOFF_MAX_S = 60.0
 
 
 def request_hash(function: str, body: bytes) -> str:
@@ -66,11 +71,13 @@ class Jobs:
         owner: str = "",
         idempotency_key: str | None = None,
         wait_s: float = 0.0,
+        gone: asyncio.Event | None = None,
     ) -> Job:
         """Create and enqueue a plain job, then wait up to `wait_s` for it to finish.
 
         The completion watch is registered before the task is enqueued, so a fast worker's
-        notice cannot be missed. A repeated idempotency key attaches to the first job.
+        notice cannot be missed. A repeated idempotency key attaches to the first job. The
+        wait (never the create) ends early once `gone` is set: the client has left.
         """
         await self._check_backpressure()
         job = Job(
@@ -81,14 +88,53 @@ class Jobs:
             idempotency_key=idempotency_key,
             request_hash=request_hash(info.name, body) if idempotency_key else None,
         )
+        large = len(body) > self.settings.inline_max_bytes
+        if large:
+            # Stored before the record: if the store fails, nothing was accepted.
+            await self.store.put(payload_key(job.id), body)
         async with self.state.watch(job.id) as watch:
-            stored, created = await self.state.create_job(job)
+            try:
+                stored, created = await self.state.create_job(job)
+            except BackendError:
+                await self._forget(job.id)
+                raise
             if created:
-                await self._enqueue(job, body)
-                return await self._wait(job, watch, wait_s)
+                await self._enqueue_or_roll_back(job, lambda: self._enqueue(job, body))
+                return await self._wait(job, watch, wait_s, gone)
+        if large:
+            await self._forget(job.id)  # the first request stored its own copy
         await self._check_same_request(stored, job)
-        await self._rescue_if_unstarted(stored, lambda: self._enqueue(stored, body))
-        return await self.wait(stored.id, wait_s, owner=owner)
+        await self._rescue_if_unstarted(stored, lambda: self._enqueue(stored, body, True))
+        return await self.wait(stored.id, wait_s, owner=owner, gone=gone)
+
+    async def _enqueue_or_roll_back(self, job: Job, enqueue: Callable[[], Awaitable[None]]) -> None:
+        """Enqueue a job just stored; if that fails, remove the job (so the 503 that follows
+        accepted nothing). If even the removal fails, keep trying to enqueue it in the
+        background and raise with its id: the 503 then names the job, which will run once
+        the backends recover."""
+        try:
+            await enqueue()
+        except BackendError as exc:
+            try:
+                await self.state.delete_jobs([job.id])
+            except BackendError as undo:
+                log.error(
+                    "job %s was stored but neither queued nor removed (%s); queueing it "
+                    "once the backends recover", job.id, undo.message,
+                    extra={"job_id": job.id, "function": job.function},
+                )  # fmt: skip
+                self._rescue(job.id, self.settings.lease_s, enqueue)
+                raise BackendError(exc.message, public=exc.public, job_id=job.id) from exc
+            await self._forget(job.id)
+            raise
+
+    async def _forget(self, job_id: str) -> None:
+        """Delete a job's blobs, best effort: a job that never was must not keep them."""
+        try:
+            await self.store.delete([payload_key(job_id)])
+            await self._delete_blobs(job_id)
+        except BackendError as exc:
+            log.warning("could not delete the blobs of job %s: %s", job_id, exc.message)
 
     async def _rescue_if_unstarted(
         self, stored: Job, enqueue: Callable[[], Awaitable[None]]
@@ -107,21 +153,32 @@ class Jobs:
         if delay_s <= 0:
             await enqueue()
             return
-        rescue = asyncio.create_task(self._rescue_later(stored.id, delay_s, enqueue))
-        self._rescues[stored.id] = rescue
-        rescue.add_done_callback(lambda _: self._rescues.pop(stored.id, None))
+        self._rescue(stored.id, delay_s, enqueue)
+
+    def _rescue(self, job_id: str, delay_s: float, enqueue: Callable[[], Awaitable[None]]) -> None:
+        if job_id not in self._rescues:
+            rescue = asyncio.create_task(self._rescue_later(job_id, delay_s, enqueue))
+            self._rescues[job_id] = rescue
+            rescue.add_done_callback(lambda _: self._rescues.pop(job_id, None))
 
     async def _rescue_later(
         self, job_id: str, delay_s: float, enqueue: Callable[[], Awaitable[None]]
     ) -> None:
-        await asyncio.sleep(delay_s)  # a timer: the job's lease since it was stored
-        try:
-            job = await self.state.get_job(job_id)
-            if job is not None and job.status is JobStatus.QUEUED and job.attempts == 0:
-                log.warning("job %s was never started; enqueueing it again", job_id)
-                await enqueue()
-        except BackendError as e:
-            log.warning("could not re-enqueue job %s: %s", job_id, e)
+        """Enqueue the job once it is `delay_s` old, unless it started; a backend still
+        failing then is tried again later (backing off), for as long as this process runs."""
+        while True:
+            await asyncio.sleep(delay_s)  # a timer, then the backoff between tries
+            try:
+                job = await self.state.get_job(job_id)
+                if job is not None and job.status is JobStatus.QUEUED and job.attempts == 0:
+                    log.warning("job %s was never started; enqueueing it again", job_id)
+                    await enqueue()
+                return
+            except BackendError as e:
+                delay_s = min(_RESCUE_BACKOFF_MAX_S, max(1.0, delay_s * 2))
+                log.warning(
+                    "could not re-enqueue job %s, trying again in %.0f s: %s", job_id, delay_s, e
+                )
 
     async def aclose(self) -> None:
         """Cancel pending rescues (they only matter while this process serves requests)."""
@@ -138,10 +195,12 @@ class Jobs:
         owner: str = "",
         idempotency_key: str | None = None,
         wait_s: float = 0.0,
+        gone: asyncio.Event | None = None,
     ) -> Job:
         """Store a batch's chunks (NDJSON, as cut from the request), then create and enqueue
-        the map job and wait up to `wait_s` for it. Nothing is enqueued unless every chunk
-        was cut and stored: a malformed batch leaves no job and no blobs behind."""
+        the map job and wait up to `wait_s` for it (less once `gone` is set). Nothing is
+        enqueued unless every chunk was cut and stored: a malformed batch leaves no job and
+        no blobs behind."""
         await self._check_backpressure()
         job_id = new_job_id()
         digest = hashlib.sha256(info.name.encode() + b"\0")
@@ -165,15 +224,19 @@ class Jobs:
             request_hash=digest.hexdigest() if idempotency_key else None,
         )
         async with self.state.watch(job.id) as watch:
-            stored, created = await self.state.create_job(job)
+            try:
+                stored, created = await self.state.create_job(job)
+            except BackendError:
+                await self._forget(job.id)
+                raise
             if created:
-                await self._enqueue_chunks(job, count)
-                return await self._wait(job, watch, wait_s)
+                await self._enqueue_or_roll_back(job, lambda: self._enqueue_chunks(job, count))
+                return await self._wait(job, watch, wait_s, gone)
         await self._delete_blobs(job_id)
         await self._check_same_request(stored, job)
         # The first request stored the same chunks (same body) under its own job id.
         await self._rescue_if_unstarted(stored, lambda: self._enqueue_chunks(stored, count))
-        return await self.wait(stored.id, wait_s, owner=owner)
+        return await self.wait(stored.id, wait_s, owner=owner, gone=gone)
 
     async def _enqueue_chunks(self, job: Job, count: int) -> None:
         if count == 0:
@@ -201,11 +264,14 @@ class Jobs:
                 job_id=stored.id,
             )
 
-    async def _enqueue(self, job: Job, body: bytes) -> None:
+    async def _enqueue(self, job: Job, body: bytes, store_payload: bool = False) -> None:
+        """Queue a plain job's task; a large payload travels in the store (put there first
+        when `store_payload`: a repeated request cannot know that the first one did)."""
         if len(body) <= self.settings.inline_max_bytes:
             task = Task(job.id, job.function, payload=body, request_id=current_request_id())
         else:
-            await self.store.put(payload_key(job.id), body)
+            if store_payload:
+                await self.store.put(payload_key(job.id), body)
             task = Task(
                 job.id, job.function, payload_ref=payload_key(job.id),
                 request_id=current_request_id(),
@@ -231,13 +297,35 @@ class Jobs:
             raise NotFound(f"no job {job_id!r}", job_id=job_id)
         return job
 
-    async def wait(self, job_id: str, wait_s: float, owner: str = "") -> Job:
-        """The job once terminal, or as it stands after `wait_s` seconds."""
+    async def wait(
+        self, job_id: str, wait_s: float, owner: str = "", gone: asyncio.Event | None = None
+    ) -> Job:
+        """The job once terminal, or as it stands after `wait_s` seconds or once `gone` is
+        set (the waiting client has left)."""
         async with self.state.watch(job_id) as watch:
             job = await self.get(job_id, owner)
-            return await self._wait(job, watch, wait_s)
+            return await self._wait(job, watch, wait_s, gone)
 
-    async def _wait(self, job: Job, watch: Watch, wait_s: float) -> Job:
+    async def _wait(
+        self, job: Job, watch: Watch, wait_s: float, gone: asyncio.Event | None = None
+    ) -> Job:
+        if gone is None or job.status.terminal:
+            return await self._wait_terminal(job, watch, wait_s)
+        # Race the wait against the client's departure; the loser is cancelled, so a
+        # vanished client holds neither the subscription nor the re-reads a moment longer.
+        waiting = asyncio.ensure_future(self._wait_terminal(job, watch, wait_s))
+        leaving = asyncio.ensure_future(gone.wait())
+        try:
+            await asyncio.wait({waiting, leaving}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiting, leaving):
+                task.cancel()
+            await asyncio.gather(waiting, leaving, return_exceptions=True)
+        if waiting.cancelled():
+            return job  # nobody is left to answer
+        return waiting.result()
+
+    async def _wait_terminal(self, job: Job, watch: Watch, wait_s: float) -> Job:
         deadline = time.monotonic() + min(wait_s, self.settings.max_wait_s)
         reread_s = self.settings.reread_s
         while not job.status.terminal and not self._stopping.is_set():
@@ -279,22 +367,40 @@ class Jobs:
         cancelled = await self.state.cancel(job_id)
         return cancelled or await self.get(job_id, owner)
 
-    async def delete_expired(self, now: float, limit: int = 500) -> int:
-        """Remove terminal jobs older than the retention period, with their blobs."""
-        expired = await self.state.expired_jobs(now - self.settings.result_ttl_s, limit)
-        if not expired:
-            return 0
-        keys = [result_key(j.id) for j in expired] + [payload_key(j.id) for j in expired]
-        await self.store.delete(keys)
-        for job in expired:
-            if job.kind is FunctionKind.MAP:
-                await self._delete_blobs(job.id)
-        await self.state.delete_jobs([j.id for j in expired])
-        return len(expired)
+    async def delete_expired(self, now: float, batch: int = EXPIRY_BATCH) -> int:
+        """Remove every terminal job that finished a retention period before `now`, with its
+        blobs, `batch` jobs at a time until none is left; returns how many.
+
+        Catching up fully on each call keeps the stored count bounded at any sustained rate
+        (about rate x (retention + the interval between calls)).
+        """
+        finished_before = now - self.settings.result_ttl_s
+        total = 0
+        while True:
+            expired = await self.state.expired_jobs(finished_before, batch)
+            if not expired:
+                break
+            keys = [result_key(j.id) for j in expired] + [payload_key(j.id) for j in expired]
+            await self.store.delete(keys)
+            for job in expired:
+                if job.kind is FunctionKind.MAP:
+                    await self._delete_blobs(job.id)
+            await self.state.delete_jobs([j.id for j in expired])
+            total += len(expired)
+            if len(expired) < batch:
+                break
+        if total:
+            log.info("deleted %d expired jobs", total)
+        return total
 
     async def _delete_blobs(self, job_id: str) -> None:
         for prefix in map_prefixes(job_id):
             await self.store.delete_prefix(prefix)
+
+
+def expiry_interval_s(result_ttl_s: float) -> float:
+    """How often to call `Jobs.delete_expired`: a quarter of the retention, 1 s to 60 s."""
+    return min(EXPIRY_INTERVAL_MAX_S, max(1.0, result_ttl_s / 4))
 
 
 def retry_after_s(job: Job) -> int:

@@ -124,7 +124,10 @@ def translate(
             try:
                 return await method(*args, **kwargs)
             except RedisError as exc:
-                raise BackendError(f"redis {what}: {type(exc).__name__}: {exc}") from exc
+                raise BackendError(
+                    f"redis {what}: {type(exc).__name__}: {exc}",
+                    public=f"the redis {what} failed ({type(exc).__name__})",
+                ) from exc
 
         return translated
 

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from batchgate.attempts import DEFAULT_CRASH_RETRIES
 from batchgate.errors import ConfigError
 
 _SIZE_UNITS = {
@@ -82,9 +83,13 @@ class Settings:
     retry_backoff_max_s: float = dataclasses.field(
         default=300.0, metadata=_env("RETRY_BACKOFF_MAX")
     )
+    crash_retries: int = dataclasses.field(
+        default=DEFAULT_CRASH_RETRIES, metadata=_env("CRASH_RETRIES")
+    )
     reread_s: float = dataclasses.field(default=2.0, metadata=_env("REREAD"))
     result_ttl_s: float = dataclasses.field(default=86400.0, metadata=_env("RESULT_TTL"))
     drain_s: float = dataclasses.field(default=30.0, metadata=_env("DRAIN"))
+    body_timeout_s: float = dataclasses.field(default=300.0, metadata=_env("BODY_TIMEOUT"))
     inline_max_bytes: int = dataclasses.field(default=64 * 1024, metadata=_env("INLINE_MAX"))
     redirect_results: bool = dataclasses.field(default=False, metadata=_env("REDIRECT_RESULTS"))
 
@@ -123,8 +128,18 @@ class Settings:
     def validate(self) -> None:
         if self.max_wait_s < 0 or self.lease_s <= 0 or self.reread_s <= 0:
             raise ConfigError("max-wait must be >= 0, and lease and reread intervals positive")
+        if self.crash_retries < 0:
+            raise ConfigError("crash retries must be >= 0")
+        if self.body_timeout_s <= 0:
+            raise ConfigError("the body timeout must be positive")
         if self.max_body_bytes <= 0 or self.max_items <= 0:
             raise ConfigError("max-body and max-items must be positive")
+        for key in self.api_keys:
+            if not key.strip() or key != key.strip():
+                raise ConfigError(
+                    "an API key must not be empty, blank, or start or end with whitespace "
+                    "(a client could never send it)"
+                )
 
     def with_default_urls(self) -> Settings:
         """Fill unset backend URLs with the embedded defaults under `data_dir`."""

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from batchgate.diskspace import check_free_space
 from batchgate.errors import BackendError
 
 T = TypeVar("T")
@@ -55,7 +57,16 @@ class SqliteDatabase:
             raise self.error(exc) from exc
 
     def error(self, exc: BaseException) -> BackendError:
-        return BackendError(f"sqlite {self.label} {str(self.path)!r}: {exc}")
+        # SQLite's own messages ("database or disk is full") name no file; OSError's do.
+        reason = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else str(exc)
+        return BackendError(
+            f"sqlite {self.label} {str(self.path)!r}: {exc}",
+            public=f"the embedded {self.label} database failed: {reason}",
+        )
+
+    def check_free_space(self) -> None:
+        """Raise BackendError when the file's disk is (nearly) full."""
+        check_free_space(self.path.parent, f"embedded {self.label} database")
 
     def read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         """Every row of one read statement."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -132,3 +133,18 @@ def gated(payload: dict[str, str]) -> int:
     while not gate.exists():
         time.sleep(0.02)  # the gate is a file another process creates: polled, not awaited
     return len(calls.read_text().splitlines())
+
+
+@app.function(timeout=60, retries=2)
+def sleep_marked(payload: dict[str, Any]) -> int:
+    """Appends its pid to `marker` (one line per execution), then sleeps `seconds`."""
+    with Path(payload["marker"]).open("a") as marker:
+        marker.write(f"{os.getpid()}\n")
+    time.sleep(payload["seconds"])
+    return len(Path(payload["marker"]).read_text().splitlines())
+
+
+@app.function(retries=0)
+def crashes(payload: Any) -> Any:
+    """Kills its own executor process: a crash, never an exception."""
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -272,3 +272,7 @@ async def test_bodies_round_trip_exactly(queue: Queue, body: bytes) -> None:
 
     assert type(delivery.body) is bytes
     assert delivery.body == body
+
+
+async def test_a_fresh_queue_is_healthy(queue: Queue) -> None:
+    await queue.check_health()  # raises BackendError when it could not take writes

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from batchgate import attempts
 from batchgate.models import FunctionKind, Job, JobError, JobStatus, Progress, new_job_id
 from batchgate.state import State, open_state
 
@@ -39,6 +41,11 @@ async def new_job(state: State, **fields: object) -> Job:
     job, created = await state.create_job(make_job(**fields))
     assert created
     return job
+
+
+async def started(state: State, job_id: str, delivery: int, **kwargs: int) -> bool:
+    attempt = await state.start_attempt(job_id, delivery, **kwargs)
+    return attempt is not None and attempt.started
 
 
 # --- create / get -------------------------------------------------------------------------
@@ -132,24 +139,88 @@ async def test_concurrent_idempotent_creates_store_one(state: State) -> None:
 
 async def test_start_attempt_marks_running(state: State) -> None:
     job = await new_job(state)
-    started = await state.start_attempt(job.id, 1)
-    assert started is not None
+    attempt = await state.start_attempt(job.id, 1)
+    assert attempt is not None and attempt.started
+    started = attempt.job
     assert started.status is JobStatus.RUNNING
-    assert started.attempts == 1
+    assert started.attempts == attempt.number == 1
     assert started.started_at is not None
     assert await state.get_job(job.id) == started
 
     again = await state.start_attempt(job.id, 2)
     assert again is not None
-    assert again.attempts == 2
-    assert again.started_at == started.started_at  # the first start is kept
+    assert again.job.attempts == again.number == 2
+    assert again.job.started_at == started.started_at  # the first start is kept
+
+
+async def test_attempts_count_starts_not_deliveries(state: State) -> None:
+    job = await new_job(state)
+    # Deliveries 1 to 4 were held by workers that died before running the function.
+    attempt = await state.start_attempt(job.id, 5)
+    assert attempt is not None
+    assert (attempt.number, attempt.failures, attempt.crashes) == (1, 0, 0)
+    assert attempt.job.attempts == 1
+
+
+async def test_an_attempt_that_never_reported_is_a_crash(state: State) -> None:
+    job = await new_job(state)
+    await state.start_attempt(job.id, 1)
+    second = await state.start_attempt(job.id, 2)  # its worker died: no report
+    assert second is not None and second.started
+    assert (second.number, second.failures, second.crashes) == (2, 0, 1)
+    assert second.interrupted
+
+
+async def test_function_failures_and_reported_crashes_are_counted_apart(state: State) -> None:
+    job = await new_job(state)
+    raised, lost = JobError("ValueError", "bad"), JobError("ExecutorLost", "died")
+    first = await state.start_attempt(job.id, 1)
+    assert first is not None
+    assert await state.requeue(job.id, first.number, raised, by_function=True) is not None
+    second = await state.start_attempt(job.id, 2)
+    assert second is not None
+    assert (second.failures, second.crashes, second.last_error) == (1, 0, raised)
+    assert not second.interrupted
+    assert await state.requeue(job.id, second.number, lost, by_function=False) is not None
+    third = await state.start_attempt(job.id, 3)
+    assert third is not None
+    assert (third.number, third.failures, third.crashes, third.last_error) == (3, 1, 1, lost)
+
+
+async def test_past_the_crash_budget_nothing_is_counted(state: State) -> None:
+    job = await new_job(state)
+    for delivery in (1, 2):
+        assert await started(state, job.id, delivery, crash_retries=1)
+    third = await state.start_attempt(job.id, 3, crash_retries=1)
+    assert third is not None
+    assert not third.started
+    assert (third.number, third.crashes, third.interrupted) == (2, 2, True)
+    stored = await state.get_job(job.id)
+    assert stored is not None and stored.attempts == 2
+    failed = await state.finish(job.id, third.number, JobStatus.FAILED, error=JobError("W", "x"))
+    assert failed is not None
+
+
+async def test_chunks_count_attempts_each(state: State) -> None:
+    job = await new_job(state, kind=FunctionKind.MAP, progress=Progress(total=4))
+    for delivery in (1, 2, 3):
+        await state.start_attempt(job.id, delivery, task=0)
+    other = await state.start_attempt(job.id, 1, task=1)
+    assert other is not None
+    assert (other.number, other.crashes) == (1, 0)
+    assert other.job.attempts == 3  # a map job shows the most any chunk took
+    assert await state.requeue(job.id, 1, JobError("E", "m"), task=1) is not None
+    stored = await state.get_job(job.id)
+    assert stored is not None and stored.status is JobStatus.RUNNING  # a map job stays running
+    assert await state.record_chunk(job.id, 1, 2, 0) is not None
+    assert await state.start_attempt(job.id, 2, task=1) is None  # counted already
 
 
 async def test_start_attempt_refuses_stale_terminal_and_unknown(state: State) -> None:
     job = await new_job(state)
     assert await state.start_attempt(job.id, 2) is not None
     assert await state.start_attempt(job.id, 1) is None
-    assert await state.start_attempt(job.id, 2) is not None  # a repeat of the same attempt
+    assert await state.start_attempt(job.id, 2) is not None  # a released delivery, again
     assert await state.finish(job.id, 2, JobStatus.SUCCEEDED) is not None
     assert await state.start_attempt(job.id, 3) is None
     assert (await state.get_job(job.id)).status is JobStatus.SUCCEEDED  # type: ignore[union-attr]
@@ -257,8 +328,10 @@ async def test_cancel_of_finished_job_is_none(state: State) -> None:
 
 async def test_reopen_failed_job(state: State) -> None:
     job = await new_job(state)
-    await state.start_attempt(job.id, 3)
-    failed = await state.finish(job.id, 3, JobStatus.FAILED, error=JobError("E", "m"))
+    await state.start_attempt(job.id, 2)
+    attempt = await state.start_attempt(job.id, 3)
+    assert attempt is not None
+    failed = await state.finish(job.id, attempt.number, JobStatus.FAILED, error=JobError("E", "m"))
     assert failed is not None
     async with state.watch(job.id) as watch:
         reopened = await state.reopen(job.id)
@@ -270,7 +343,9 @@ async def test_reopen_failed_job(state: State) -> None:
     assert await state.get_job(job.id) == reopened
     assert await state.expired_jobs(float("inf"), 10) == []
     assert await state.reopen(job.id) is None  # queued now
-    assert await state.start_attempt(job.id, 1) is not None  # a re-driven task starts afresh
+    again = await state.start_attempt(job.id, 1)  # a re-driven task starts afresh
+    assert again is not None
+    assert (again.number, again.crashes, again.failures) == (1, 0, 0)
     assert await state.finish(job.id, 1, JobStatus.SUCCEEDED, result=b"1") is not None
 
 
@@ -412,3 +487,102 @@ async def test_manifest(state: State) -> None:
     assert await state.get_manifest() == b'{"functions": []}'
     await state.put_manifest(b"\x00v2")
     assert await state.get_manifest() == b"\x00v2"
+
+
+# --- attempts against their rules (batchgate.attempts), on random histories ------------------
+
+
+class AttemptsModel:
+    """The job and task state the rules of `batchgate.attempts` say a backend must keep."""
+
+    def __init__(self, kind: FunctionKind) -> None:
+        self.kind = kind
+        self.status = JobStatus.QUEUED
+        self.attempts = 0
+        self.tasks: dict[int, attempts.TaskAttempts] = {}
+        self.counted: set[int] = set()
+
+    def start(
+        self, delivery: int, task: int, crash_retries: int
+    ) -> tuple[int, int, int, bool, bool, JobError | None, JobStatus, int] | None:
+        if self.status.terminal or task in self.counted:
+            return None
+        before = self.tasks.get(task, attempts.TaskAttempts())
+        verdict, after = attempts.start(before, delivery, crash_retries)
+        if verdict is attempts.Verdict.STALE:
+            return None
+        if verdict is attempts.Verdict.STARTED:
+            self.tasks[task] = after
+            self.status = JobStatus.RUNNING
+            plain = task == attempts.PLAIN
+            self.attempts = after.started if plain else max(self.attempts, after.started)
+        a = attempts.Attempt.of(Job(id="x", function="f"), before, after, verdict)
+        return (a.number, a.failures, a.crashes, a.started, a.interrupted, a.last_error,
+                self.status, self.attempts)  # fmt: skip
+
+    def requeue(self, number: int, error: JobError, task: int, by_function: bool) -> bool:
+        record = self.tasks.get(task)
+        if self.status.terminal or record is None:
+            return False
+        after = attempts.fail(record, number, error, by_function=by_function)
+        if after is None:
+            return False
+        self.tasks[task] = after
+        if task == attempts.PLAIN:
+            self.status = JobStatus.QUEUED
+        return True
+
+    def finish(self, number: int | None) -> bool:
+        if self.status.terminal or (number is not None and number != self.attempts):
+            return False
+        self.status = JobStatus.SUCCEEDED
+        return True
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_attempts_follow_their_rules(state: State, seed: int) -> None:
+    rng = random.Random(seed)
+    kind = FunctionKind.MAP if seed % 2 else FunctionKind.FUNCTION
+    tasks = [0, 1, 2] if kind is FunctionKind.MAP else [attempts.PLAIN]
+    job = await new_job(state, kind=kind, progress=Progress(total=30))
+    model = AttemptsModel(kind)
+    deliveries = dict.fromkeys(tasks, 0)
+    for step in range(60):
+        task = rng.choice(tasks)
+        op = rng.random()
+        if op < 0.5:
+            # A delivery: mostly the next one, sometimes a stale or a repeated one.
+            deliveries[task] += rng.choice([1, 1, 1, 0])
+            delivery = max(0, deliveries[task] - rng.choice([0, 0, 0, 1]))
+            retries = rng.choice([1, 2, 3])
+            got = await state.start_attempt(job.id, delivery, task, retries)
+            want = model.start(delivery, task, retries)
+            if want is None:
+                assert got is None, (step, got)
+            else:
+                assert got is not None, step
+                assert (got.number, got.failures, got.crashes, got.started, got.interrupted,
+                        got.last_error, got.job.status, got.job.attempts) == want, step  # fmt: skip
+        elif op < 0.85:
+            number = model.tasks.get(task, attempts.TaskAttempts()).started - rng.choice([0, 0, 1])
+            error = JobError(rng.choice(["ValueError", "ExecutorLost"]), f"step {step}")
+            by_function = rng.random() < 0.5
+            got_job = await state.requeue(job.id, number, error, task, by_function)
+            assert (got_job is not None) == model.requeue(number, error, task, by_function), step
+        elif op < 0.95 and kind is FunctionKind.MAP:
+            if await state.record_chunk(job.id, task, 1, 0) is not None:
+                model.counted.add(task)
+        elif rng.random() < 0.3:
+            number = rng.choice([None, model.attempts, model.attempts - 1])
+            fence = None if kind is FunctionKind.MAP else number
+            got_done = await state.finish(job.id, fence, JobStatus.SUCCEEDED, result=b"1")
+            assert (got_done is not None) == model.finish(fence), step
+            if got_done is not None:
+                break
+        stored = await state.get_job(job.id)
+        assert stored is not None
+        assert (stored.status, stored.attempts) == (model.status, model.attempts), step
+
+
+async def test_a_fresh_state_is_healthy(state: State) -> None:
+    await state.check_health()  # raises BackendError when it could not take writes

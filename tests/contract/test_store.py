@@ -197,3 +197,7 @@ async def test_presigned_url_is_none(tmp_path: Path) -> None:
     store = await open_file_store(tmp_path / "root")
     await store.put("k", b"v")
     assert await store.presigned_url("k", 60) is None
+
+
+async def test_a_fresh_store_is_healthy(store: Store) -> None:
+    await store.check_health()  # raises BackendError when it could not take writes

@@ -590,7 +590,7 @@ def test_sqs_batch_reports_exactly_the_messages_left_in_the_queue(
     # the undecodable message was dead-lettered with its reason
     [dead] = batch.dead_letters(1)
     assert dead["Body"] == "not a task"
-    assert "undecodable" in dead["MessageAttributes"]["bg-reason"]["StringValue"]
+    assert "UndecodableTask" in dead["MessageAttributes"]["bg-reason"]["StringValue"]
 
 
 def test_sqs_batch_of_map_chunks(backends: Backends, moto_server: str) -> None:

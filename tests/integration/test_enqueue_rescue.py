@@ -1,9 +1,10 @@
-"""A job stored while its queue was down is enqueued again by the client's retry.
+"""A job whose task cannot be queued is rolled back, or, failing that, queued later.
 
-State lives on one real redis-server, the queue on another that the test stops: the first
-request stores the job, fails to enqueue it and gets a BackendError (a 503 over HTTP). The
-retry with the same Idempotency-Key comes at once, before the job is a lease old, and must
-still get the job done instead of waiting on a task that was never queued.
+State lives on one real redis-server, the queue on another that the test stops: the
+request stores the job, fails to enqueue it and gets a BackendError (a 503 over HTTP).
+Normally the job is removed again, so the 503 accepted nothing and a retry starts afresh.
+If the removal fails too, the 503 names the job, and the gateway queues it once the
+queue is back; a retry with the same Idempotency-Key attaches to it.
 """
 
 from __future__ import annotations
@@ -55,44 +56,71 @@ async def items(values: list[int]) -> AsyncIterator[bytes]:
     yield b"".join(b"%d\n" % v for v in values)
 
 
-async def test_plain_job_stored_but_never_enqueued_runs_on_retry(
+async def test_a_job_that_cannot_be_enqueued_is_rolled_back(
     bg: LocalBatchgate, queue_server: RedisServer
 ) -> None:
     info = bg.jobs.registry.get("echo")
     body = dumps({"n": 7})
     queue_server.stop()
-    with pytest.raises(BackendError):
+    with pytest.raises(BackendError) as refused:
         await bg.jobs.submit(info, body, idempotency_key="k-plain", wait_s=0)
+    assert "job_id" not in refused.value.extra  # the 503 accepted nothing
     queue_server.start()
 
     retried = await bg.jobs.submit(info, body, idempotency_key="k-plain", wait_s=0)
-    assert retried.status is JobStatus.QUEUED
-    assert retried.id in bg.jobs._rescues  # too young to enqueue again yet
+    assert not bg.jobs._rescues  # a new job, queued at once: the first one is gone
     job = await bg.jobs.wait(retried.id, 30)
-
     assert job.status is JobStatus.SUCCEEDED
     assert json.loads(await bg.jobs.result_bytes(job)) == {"n": 7}
 
 
-async def test_map_job_stored_but_never_enqueued_runs_on_retry(
+async def test_a_map_job_that_cannot_be_enqueued_is_rolled_back(
     bg: LocalBatchgate, queue_server: RedisServer
 ) -> None:
     info = bg.jobs.registry.get("square")
     values = [1, 2, 3]
     queue_server.stop()
-    with pytest.raises(BackendError):
+    with pytest.raises(BackendError) as refused:
         await bg.jobs.submit_map(info, items(values), idempotency_key="k-map", wait_s=0)
+    assert "job_id" not in refused.value.extra
     queue_server.start()
 
     retried = await bg.jobs.submit_map(info, items(values), idempotency_key="k-map", wait_s=0)
-    assert retried.id in bg.jobs._rescues
     job = await bg.jobs.wait(retried.id, 30)
-
     assert job.status is JobStatus.SUCCEEDED
-    assert job.progress.done == 3
     out = [json.loads(line) async for chunk in bg.jobs.map_result_chunks(job)
            for line in chunk.splitlines()]  # fmt: skip
     assert out == [1, 4, 9]
+
+
+@pytest.mark.parametrize("keyed_retry", [True, False])
+async def test_a_job_neither_queued_nor_removed_runs_once_the_queue_is_back(
+    bg: LocalBatchgate,
+    queue_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    keyed_retry: bool,
+) -> None:
+    # The state refuses the rollback too (a full disk takes both down at once).
+    async def refuse(job_ids: object) -> None:
+        raise BackendError("state down")
+
+    monkeypatch.setattr(bg.state, "delete_jobs", refuse)
+    info = bg.jobs.registry.get("echo")
+    queue_server.stop()
+    with pytest.raises(BackendError) as refused:
+        await bg.jobs.submit(info, dumps(5), idempotency_key="k-stuck", wait_s=0)
+    job_id = refused.value.extra["job_id"]  # the 503 names the job it stored
+    assert refused.value.headers()["Location"] == f"/v1/jobs/{job_id}"
+    assert job_id in bg.jobs._rescues
+    queue_server.start()
+    if keyed_retry:  # attaches to the stored job, whose rescue is under way
+        again = await bg.jobs.submit(info, dumps(5), idempotency_key="k-stuck", wait_s=0)
+        assert again.id == job_id
+
+    job = await bg.jobs.wait(job_id, 30)  # queued by the rescue, a lease after the 503
+
+    assert job.status is JobStatus.SUCCEEDED
+    assert json.loads(await bg.jobs.result_bytes(job)) == 5
 
 
 async def test_a_settled_job_is_not_enqueued_again(bg: LocalBatchgate) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from batchgate.keys import chunk_input_key
-from batchgate.models import JobStatus, Task
+from batchgate.keys import chunk_input_key, chunk_result_key
+from batchgate.models import FunctionKind, Job, JobStatus, Progress, Task, new_job_id
 from batchgate.queue import Queue, QueueDepth
 from batchgate.testing import local_batchgate
 
@@ -86,3 +86,23 @@ async def test_cancelled_map_job_drops_its_remaining_chunks(tmp_path: Path) -> N
         assert len(os.listdir(tmp_path)) < 20
         final = await bg.state.get_job(job.id)
         assert final is not None and final.status is JobStatus.CANCELLED
+
+
+async def test_a_redelivered_counted_chunk_commits_a_job_whose_last_chunk_died() -> None:
+    # Every chunk is counted but the job is still running: the delivery that counted the
+    # last chunk died before it committed the job. The redelivery of that chunk does it.
+    async with local_batchgate(TEST_APP, workers=1) as bg:
+        job = Job(new_job_id(), "square", kind=FunctionKind.MAP, progress=Progress(total=3))
+        await bg.state.create_job(job)
+        await bg.store.put(chunk_input_key(job.id, 0), b"1\n2\n3\n")
+        await bg.store.put(chunk_result_key(job.id, 0), b"1\n4\n9\n")
+        assert await bg.state.start_attempt(job.id, 1, task=0) is not None
+        assert await bg.state.record_chunk(job.id, 0, 3, 0) is not None
+        task = Task(job.id, "square", payload_ref=chunk_input_key(job.id, 0), chunk=0, chunks=1)
+        await bg.queue.put([task.encode()])
+
+        done = await bg.jobs.wait(job.id, 30)
+
+        assert done.status is JobStatus.SUCCEEDED
+        assert done.attempts == 1  # the counted chunk did not run again
+        assert await results_of(bg, done) == [1, 4, 9]

@@ -116,7 +116,8 @@ async def test_restart_with_aof_keeps_messages_leases_and_jobs(
             b"ready-1",
             b"ready-2",
         ]
-        assert await state.get_job(job.id) == started
+        assert started is not None
+        assert await state.get_job(job.id) == started.job
         async with state.watch(job.id) as watch:
             assert await state.finish(job.id, 1, JobStatus.SUCCEEDED, result=b"1") is not None
             assert await watch.wait_notice(GUARD_S)

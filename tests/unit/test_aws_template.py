@@ -63,8 +63,9 @@ def test_esm_template(registry: Registry) -> None:
     assert worker["Timeout"] == 90
     queue = props(t, "Queue")
     assert queue["VisibilityTimeout"] == 6 * 90
-    # flaky has retries=3, so 4 attempts; plus the margin of 3.
-    assert queue["RedrivePolicy"]["maxReceiveCount"] == 4 + 3
+    # flaky has retries=3, so 4 attempts; 3 crash retries and one more crash; the receive
+    # that gives up; plus the margin of 3.
+    assert queue["RedrivePolicy"]["maxReceiveCount"] == 4 + 3 + 1 + 1 + 3
     assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {
         "Fn::GetAtt": ["DeadLetterQueue", "Arn"]
     }
@@ -233,7 +234,7 @@ def test_longer_functions_get_longer_workers_and_visibility() -> None:
     t = build_template(app.registry(), TemplateOptions(redis_url=REDIS))
     assert props(t, "WorkerFunction")["Timeout"] == 630
     assert props(t, "Queue")["VisibilityTimeout"] == 6 * 630
-    assert props(t, "Queue")["RedrivePolicy"]["maxReceiveCount"] == 6 + 3
+    assert props(t, "Queue")["RedrivePolicy"]["maxReceiveCount"] == 6 + 3 + 1 + 1 + 3
     capped = App("capped")
     capped.function(lambda p: p, name="capped", timeout=885)
     assert props(build_template(capped.registry(), TemplateOptions(redis_url=REDIS)),

@@ -72,7 +72,9 @@ def test_job_failed_keeps_job_id_and_error() -> None:
     ],
 )
 def test_every_server_error_round_trips(cls: type[errors.BatchgateError]) -> None:
-    sent = cls("it went wrong", job_id="j1")
+    # A BackendError's detail is its public text (no server paths), the rest their message.
+    extra = {"public": "it went wrong"} if cls is errors.BackendError else {}
+    sent = cls("it went wrong", job_id="j1", **extra)
     exc = error_from_problem(sent.problem_details("/v1/x"), cls.status)
     assert type(exc) is cls
     assert exc.message == "it went wrong"

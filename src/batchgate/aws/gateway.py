@@ -109,7 +109,10 @@ def time_limited(app: Any, cutoff_at: float) -> Any:
                 raise
             log.info("%s %s cut off at the invocation's end", scope["method"], scope["path"])
             if not started:
-                error = BackendError("the request did not finish within the function's time")
+                error = BackendError(
+                    "the request did not finish within the function's time",
+                    public="the request did not finish within the gateway function's time",
+                )
                 await error_response(error, scope["path"])(scope, receive, send)
                 return
         if started and not finished:

@@ -24,6 +24,9 @@ class SettlementLog:
         """True if `delivery`'s message was acked or dead-lettered through this wrapper."""
         return delivery.receipt in self.deleted
 
+    async def check_health(self) -> None:
+        await self.queue.check_health()
+
     async def put(self, bodies: Sequence[bytes], delay_s: float = 0.0) -> list[str]:
         return await self.queue.put(bodies, delay_s)
 

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from batchgate import __version__
 from batchgate.app import FunctionInfo, Registry
+from batchgate.attempts import DEFAULT_CRASH_RETRIES, most_starts
 from batchgate.aws import resources as res
 from batchgate.aws.resources import Doc, get_att, ref, sub
 from batchgate.errors import ConfigError
@@ -49,8 +50,9 @@ WORKER_MARGIN_S = 30
 MIN_WORKER_MARGIN_S = 10
 # AWS's guidance for an SQS event source: queue visibility >= 6 x the function's timeout.
 ESM_VISIBILITY_FACTOR = 6
-# SQS's redrive is a backstop behind batchgate's own retries: receives that are not attempts
-# (a Lambda killed at its timeout, a poll released during shutdown) get this much slack.
+# SQS's redrive is a backstop behind batchgate's own budgets: besides every start they allow
+# and the receive that gives up, receives that start nothing (a Lambda killed at its
+# timeout, a poll released during shutdown) get this much slack.
 RECEIVE_COUNT_MARGIN = 3
 # The gateway answers 202 + Location this long before its Lambda would time out.
 GATEWAY_WAIT_MARGIN_S = 20
@@ -141,8 +143,9 @@ def build_template(registry: Registry, options: TemplateOptions) -> dict[str, An
         raise ConfigError("the app registers no functions: there is nothing to deploy")
     worker_s = worker_timeout_s(infos, options)
     max_attempts = max(info.max_attempts for info in infos)
+    receives = most_starts(max_attempts, DEFAULT_CRASH_RETRIES) + 1 + RECEIVE_COUNT_MARGIN
     resources: Doc = {
-        **res.queues(ESM_VISIBILITY_FACTOR * worker_s, max_attempts + RECEIVE_COUNT_MARGIN),
+        **res.queues(ESM_VISIBILITY_FACTOR * worker_s, receives),
         **res.bucket(),
     }
     if options.in_vpc:

@@ -9,11 +9,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from batchgate.errors import BatchgateError
+from batchgate.errors import BackendError, BatchgateError
 from batchgate.gateway.auth import ApiKeys
 from batchgate.gateway.metrics import Metrics
 from batchgate.gateway.openapi import openapi_document
-from batchgate.gateway.problems import batchgate_error_handler, http_error_handler
+from batchgate.gateway.problems import (
+    batchgate_error_handler,
+    error_response,
+    http_error_handler,
+)
 from batchgate.gateway.requestid import RequestIdMiddleware
 from batchgate.gateway.routes import Routes
 from batchgate.jobs import Jobs
@@ -29,11 +33,14 @@ def create_gateway(jobs: Jobs) -> Starlette:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
+        """Ready when every backend answers and can take writes (asked through its port)."""
         try:
             depth = await jobs.queue.depth()
             await jobs.state.get_job("readyz-probe")
-        except BatchgateError as exc:
-            return JSONResponse({"status": "unavailable", "detail": exc.message}, 503)
+            for backend in (jobs.queue, jobs.state, jobs.store):
+                await backend.check_health()
+        except BackendError as exc:
+            return error_response(exc, request.url.path)
         return JSONResponse(
             {
                 "status": "ready",
@@ -53,8 +60,8 @@ def create_gateway(jobs: Jobs) -> Starlette:
         routes=[
             Route("/v1/functions/{name}", routes.submit, methods=["POST"]),
             Route("/v1/functions", routes.functions, methods=["GET"]),
-            Route("/v1/jobs/{job_id}", routes.status, methods=["GET"]),
-            Route("/v1/jobs/{job_id}", routes.cancel, methods=["DELETE"]),
+            # One route for both methods, so a 405 there lists both in Allow.
+            Route("/v1/jobs/{job_id}", routes.job, methods=["GET", "DELETE"]),
             Route("/v1/jobs/{job_id}/result", routes.result, methods=["GET"]),
             Route("/v1/jobs/{job_id}/events", routes.events, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),

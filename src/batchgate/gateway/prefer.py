@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from batchgate.errors import BadRequest
+
+# A number of seconds longer than this is no number a client means.
+_MAX_NUMBER_CHARS = 64
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -24,12 +28,7 @@ def parse_prefer(values: list[str]) -> Preferences:
             if name == "respond-async":
                 respond_async = True
             elif name == "wait":
-                try:
-                    wait_s = float(arg.strip().strip('"'))
-                except ValueError:
-                    raise BadRequest(f"Prefer: wait={arg!r} is not a number of seconds") from None
-                if wait_s < 0:
-                    raise BadRequest("Prefer: wait must not be negative")
+                wait_s = seconds(arg.strip().strip('"'), "Prefer: wait")
     return Preferences(wait_s, respond_async)
 
 
@@ -37,10 +36,21 @@ def query_wait(raw: str | None) -> float:
     """The `?wait=N` query parameter in seconds (0 when absent)."""
     if raw is None or raw == "":
         return 0.0
+    return seconds(raw, "wait")
+
+
+def seconds(text: str, name: str) -> float:
+    """A wait in seconds: a finite number >= 0 (`nan`, `inf` and `1e400` are refused)."""
     try:
-        value = float(raw)
+        value = float(text) if len(text) <= _MAX_NUMBER_CHARS else math.nan
     except ValueError:
-        raise BadRequest(f"wait={raw!r} is not a number of seconds") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise BadRequest(f"{name}={_clip(text)!r} is not a number of seconds")
     if value < 0:
-        raise BadRequest("wait must not be negative")
+        raise BadRequest(f"{name} must not be negative")
     return value
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= 40 else text[:40] + "…"

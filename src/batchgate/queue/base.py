@@ -108,6 +108,14 @@ class Queue(Protocol):
         """Move dead letters (all, or the named ones) back to ready with attempts reset."""
         ...
 
+    async def check_health(self) -> None:
+        """Raise BackendError if this backend could not take writes now (its disk is full).
+
+        Cheap and side-effect free: readiness probes call it. Backends with nothing to
+        check beyond answering at all return at once.
+        """
+        ...
+
     async def aclose(self) -> None: ...
 
 

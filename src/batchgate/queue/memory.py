@@ -170,6 +170,10 @@ class MemoryQueue:
             self._wakeup.set()
         return len(chosen)
 
+    async def check_health(self) -> None:
+        """Fails once the queue is closed."""
+        self._check_open()
+
     async def aclose(self) -> None:
         """Close the queue; waiting receives fail with BackendError."""
         self._closed = True

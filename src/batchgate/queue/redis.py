@@ -216,6 +216,9 @@ class RedisQueue:
             if batch < REDRIVE_BATCH:
                 return moved
 
+    async def check_health(self) -> None:
+        """Nothing to check beyond answering (depth and reads show that)."""
+
     async def aclose(self) -> None:
         """Close the connections; later calls raise BackendError."""
         await self._mux.aclose()

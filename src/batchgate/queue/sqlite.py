@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import sqlite3
 import time
@@ -238,6 +239,10 @@ class SqliteQueue:
             self._wakeup.set()
         return moved
 
+    async def check_health(self) -> None:
+        """Fails when the queue file's disk is (nearly) full."""
+        self._db.check_free_space()
+
     async def aclose(self) -> None:
         """Close the connection; waiting receives then fail with BackendError."""
         self._db.close()
@@ -267,4 +272,7 @@ async def open(url: str) -> SqliteQueue:
     try:
         return SqliteQueue(path)
     except OSError as exc:
-        raise BackendError(f"cannot open sqlite queue {str(path)!r}: {exc}") from exc
+        raise BackendError(
+            f"cannot open sqlite queue {str(path)!r}: {exc}",
+            public=f"the embedded queue could not be opened: {os.strerror(exc.errno or 0)}",
+        ) from exc

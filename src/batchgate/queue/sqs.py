@@ -223,6 +223,9 @@ class SqsQueue:
         ready = await self._dead_ready()
         return await messages.redrive(self._client, self.dlq_url, self.url, wanted, ready)
 
+    async def check_health(self) -> None:
+        """Nothing to check beyond answering (depth and reads show that)."""
+
     async def aclose(self) -> None:
         """Wait for cancelled polls to release what they got, then close the client."""
         if self._orphans:

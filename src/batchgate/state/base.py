@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
+from batchgate.attempts import PLAIN, Attempt
 from batchgate.models import Job, JobError, JobStatus, Progress
 
 
@@ -24,8 +25,10 @@ class Watch(Protocol):
 class State(Protocol):
     """Job records. Every transition is a compare-and-set and publishes a notice.
 
-    Fencing: `start_attempt` records the newest attempt number; `finish` and `requeue`
-    with an older attempt change nothing, so a stale worker cannot overwrite a newer one.
+    Fencing: `start_attempt` is fenced by the queue's delivery number and numbers the
+    task's attempts; `finish` (of a plain job) and `requeue` with an older attempt number
+    change nothing, so a stale worker cannot overwrite a newer one. `reopen` and
+    `delete_jobs` forget the job's attempt records too.
     """
 
     async def create_job(self, job: Job) -> tuple[Job, bool]:
@@ -40,12 +43,32 @@ class State(Protocol):
 
     async def get_job(self, job_id: str) -> Job | None: ...
 
-    async def start_attempt(self, job_id: str, attempt: int) -> Job | None:
-        """Mark the job running under `attempt` (>= the stored one); None if it is terminal."""
+    async def start_attempt(
+        self, job_id: str, delivery: int, task: int = PLAIN, crash_retries: int = 3
+    ) -> Attempt | None:
+        """Count an attempt of one of the job's tasks (`task`: PLAIN, or a map job's chunk
+        number) as its function starts on an executor, by `batchgate.attempts.start`.
+
+        None, and nothing changes, if the job is unknown or terminal, the chunk is already
+        counted (`record_chunk`), or a later queue `delivery` of the task already started.
+        Past the crash budget nothing is counted either: the Attempt says `started=False`.
+        Otherwise the job is running, and its `attempts` is the task's attempt number (for a
+        map job: the highest of any chunk). Atomic; publishes a notice when it changes.
+        """
         ...
 
-    async def requeue(self, job_id: str, attempt: int, error: JobError) -> Job | None:
-        """Back to queued after a failed attempt that will be retried; fenced by `attempt`."""
+    async def requeue(
+        self,
+        job_id: str,
+        attempt: int,
+        error: JobError,
+        task: int = PLAIN,
+        by_function: bool = True,
+    ) -> Job | None:
+        """Report that attempt number `attempt` of the task failed and will be retried, by
+        `batchgate.attempts.fail` (`by_function`: the function raised; else the worker saw
+        its infrastructure fail). A plain job goes back to queued, keeping the error; a map
+        job is left as it is. None if the job is terminal or a later attempt started."""
         ...
 
     async def finish(
@@ -96,5 +119,13 @@ class State(Protocol):
         ...
 
     async def get_manifest(self) -> bytes | None: ...
+
+    async def check_health(self) -> None:
+        """Raise BackendError if this backend could not take writes now (its disk is full).
+
+        Cheap and side-effect free: readiness probes call it. Backends with nothing to
+        check beyond answering at all return at once.
+        """
+        ...
 
     async def aclose(self) -> None: ...

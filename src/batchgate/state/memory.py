@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 
+from batchgate import attempts
+from batchgate.attempts import PLAIN, Attempt, TaskAttempts, Verdict
 from batchgate.models import Job, JobError, JobStatus, Progress, now
 from batchgate.state.base import Watch
 from batchgate.state.notices import LocalNotices
@@ -30,6 +32,7 @@ class MemoryState:
         self._jobs: dict[str, Job] = {}
         self._by_key: dict[_IdempotencyKey, str] = {}
         self._chunks: dict[str, set[int]] = {}
+        self._attempts: dict[str, dict[int, TaskAttempts]] = {}
         self._manifest: bytes | None = None
         self._notices = LocalNotices()
 
@@ -61,21 +64,46 @@ class MemoryState:
     async def get_job(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
 
-    async def start_attempt(self, job_id: str, attempt: int) -> Job | None:
-        """Mark the job running under `attempt`; None if it is terminal or `attempt` is stale."""
+    async def start_attempt(
+        self, job_id: str, delivery: int, task: int = PLAIN, crash_retries: int = 3
+    ) -> Attempt | None:
+        """Count an attempt of the task as its function starts (see `batchgate.attempts`)."""
         job = self._active(job_id)
-        if job is None or job.attempts > attempt:
+        if job is None or (task != PLAIN and task in self._chunks.get(job_id, ())):
             return None
-        started_at = now() if job.started_at is None else job.started_at
-        return self._commit(
-            job.replace(status=JobStatus.RUNNING, attempts=attempt, started_at=started_at)
-        )
+        records = self._attempts.setdefault(job_id, {})
+        before = records.get(task, TaskAttempts())
+        verdict, after = attempts.start(before, delivery, crash_retries)
+        if verdict is Verdict.STALE:
+            return None
+        if verdict is Verdict.STARTED:
+            records[task] = after
+            number = after.started if task == PLAIN else max(job.attempts, after.started)
+            started_at = now() if job.started_at is None else job.started_at
+            job = self._commit(
+                job.replace(status=JobStatus.RUNNING, attempts=number, started_at=started_at)
+            )
+        return Attempt.of(job, before, after, verdict)
 
-    async def requeue(self, job_id: str, attempt: int, error: JobError) -> Job | None:
-        """Back to queued with the attempt's error; None if fenced off or terminal."""
+    async def requeue(
+        self,
+        job_id: str,
+        attempt: int,
+        error: JobError,
+        task: int = PLAIN,
+        by_function: bool = True,
+    ) -> Job | None:
+        """Report a failed attempt that will be retried; None if fenced off or terminal."""
         job = self._active(job_id)
-        if job is None or job.attempts != attempt:
+        if job is None:
             return None
+        record = self._attempts.get(job_id, {}).get(task, TaskAttempts())
+        after = attempts.fail(record, attempt, error, by_function=by_function)
+        if after is None:
+            return None
+        self._attempts.setdefault(job_id, {})[task] = after
+        if task != PLAIN:
+            return job
         return self._commit(job.replace(status=JobStatus.QUEUED, error=error))
 
     async def finish(
@@ -109,6 +137,7 @@ class MemoryState:
         job = self._jobs.get(job_id)
         if job is None or job.status is not JobStatus.FAILED:
             return None
+        self._attempts.pop(job_id, None)
         return self._commit(
             job.replace(status=JobStatus.QUEUED, attempts=0, error=None, finished_at=None)
         )
@@ -155,6 +184,7 @@ class MemoryState:
         for job_id in job_ids:
             job = self._jobs.pop(job_id, None)
             self._chunks.pop(job_id, None)
+            self._attempts.pop(job_id, None)
             if job is not None and job.idempotency_key is not None:
                 key = (job.owner, job.function, job.idempotency_key)
                 if self._by_key.get(key) == job_id:
@@ -166,6 +196,9 @@ class MemoryState:
 
     async def get_manifest(self) -> bytes | None:
         return self._manifest
+
+    async def check_health(self) -> None:
+        """Nothing to check beyond answering in memory."""
 
     async def aclose(self) -> None:
         """Nothing to release; the data stays readable until the object is dropped."""

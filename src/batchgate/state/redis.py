@@ -7,6 +7,8 @@ Keys under the prefix (default `batchgate:`):
   normally deletes them sooner through `expired_jobs` / `delete_jobs`.
 - `idem:<json [owner, function, key]>`: the id of the job created under that key.
 - `chunks:<id>`: set of the map job's chunks already counted.
+- `attempts:<id>`: hash, each task's attempts (`batchgate.attempts.TaskAttempts`): field
+  `<task>` = "started failed delivery running", `<task>:et` / `<task>:em` its last error.
 - `finished`: sorted set, job id -> finish time, for `expired_jobs`.
 - `manifest`: the workers' function registry.
 
@@ -23,7 +25,9 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
-from batchgate.errors import ConfigError
+from batchgate import attempts
+from batchgate.attempts import PLAIN, Attempt, TaskAttempts, Verdict
+from batchgate.errors import BackendError, ConfigError
 from batchgate.models import FunctionKind, Job, JobError, JobStatus, Progress, now
 from batchgate.redis_db import LuaScript, PipelinedClient, client, split_url, translate
 from batchgate.state import redis_lua
@@ -93,7 +97,12 @@ class RedisState:
         await asyncio.gather(*(self._mux.execute("SCRIPT", "LOAD", s.source) for s in SCRIPTS))
 
     def _keys(self, job_id: str) -> list[str]:
-        return [self._job_prefix + job_id, self._finished, self.prefix + "chunks:" + job_id]
+        return [
+            self._job_prefix + job_id,
+            self._finished,
+            self.prefix + "chunks:" + job_id,
+            self.prefix + "attempts:" + job_id,
+        ]
 
     async def _transition(self, script: LuaScript, job_id: str, *args: Any) -> Job | None:
         args = (job_id, self._job_prefix + job_id, *args)
@@ -124,14 +133,40 @@ class RedisState:
         return None if packed is None else _job(job_id, packed)
 
     @translate("state")
-    async def start_attempt(self, job_id: str, attempt: int) -> Job | None:
-        """Mark the job running under `attempt`; None if it is terminal or `attempt` is stale."""
-        return await self._transition(START_ATTEMPT, job_id, attempt, _float(now()))
+    async def start_attempt(
+        self, job_id: str, delivery: int, task: int = PLAIN, crash_retries: int = 3
+    ) -> Attempt | None:
+        """Count an attempt of the task as its function starts (see `batchgate.attempts`)."""
+        args = (job_id, self._job_prefix + job_id, delivery, task, crash_retries, _float(now()))
+        reply = await self._mux.run_script(START_ATTEMPT, self._keys(job_id), args)
+        if reply is None:
+            return None
+        started, packed, *record = reply
+        s, f, d, running, error_type, error_message = record
+        error = (
+            None
+            if error_type is None
+            else JobError(error_type.decode(), _text(error_message) or "")
+        )
+        before = TaskAttempts(int(s), int(f), int(d), bool(int(running)), error)
+        verdict, after = attempts.start(before, delivery, crash_retries)
+        if (verdict is Verdict.STARTED) != (started == 1):
+            raise BackendError(f"redis state: start_attempt disagrees with the rules ({verdict})")
+        return Attempt.of(_job(job_id, packed), before, after, verdict)
 
     @translate("state")
-    async def requeue(self, job_id: str, attempt: int, error: JobError) -> Job | None:
-        """Back to queued with the attempt's error; None if fenced off or terminal."""
-        return await self._transition(REQUEUE, job_id, attempt, error.type, error.message)
+    async def requeue(
+        self,
+        job_id: str,
+        attempt: int,
+        error: JobError,
+        task: int = PLAIN,
+        by_function: bool = True,
+    ) -> Job | None:
+        """Report a failed attempt that will be retried; None if fenced off or terminal."""
+        return await self._transition(
+            REQUEUE, job_id, attempt, error.type, error.message, task, int(by_function)
+        )
 
     @translate("state")
     async def finish(
@@ -227,6 +262,9 @@ class RedisState:
     async def get_manifest(self) -> bytes | None:
         data: bytes | None = await self._mux.execute("GET", self._manifest)
         return data
+
+    async def check_health(self) -> None:
+        """Nothing to check beyond answering (reads show that)."""
 
     async def aclose(self) -> None:
         """Stop the notice reader and close the connections."""

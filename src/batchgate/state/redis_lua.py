@@ -51,7 +51,7 @@ end
 # KEYS: 1 job.
 GET_JOB = _PACK + "return packed(KEYS[1])\n"
 
-# KEYS: 1 job, 2 finished, 3 chunks. ARGV: 1 job id, 2 channel, then per script.
+# KEYS: 1 job, 2 finished, 3 chunks, 4 attempts. ARGV: 1 job id, 2 channel, then per script.
 _TRANSITION = (
     _PACK
     + """
@@ -61,9 +61,9 @@ local function publish(status)
   return packed(KEYS[1])
 end
 local function companions()
-  local keys = {KEYS[1], KEYS[3]}
+  local keys = {KEYS[1], KEYS[3], KEYS[4]}
   local ix = redis.call('HGET', KEYS[1], 'ix')
-  if ix and redis.call('GET', ix) == ARGV[1] then keys[3] = ix end
+  if ix and redis.call('GET', ix) == ARGV[1] then keys[4] = ix end
   return keys
 end
 -- A terminal record: indexed by finish time, and kept for the TTL with its companions.
@@ -103,24 +103,59 @@ return {1}
 """
 )
 
-# ARGV: 3 attempt, 4 now. The newest attempt wins; a repeat of it is allowed.
+# A task's attempts (`batchgate.attempts.TaskAttempts`) are the attempts hash's field
+# <task> = "started failed delivery running", with <task>:et and <task>:em its last error.
+_ATTEMPTS = """
+local function attempts(task)
+  local r = redis.call('HMGET', KEYS[4], task, task .. ':et', task .. ':em')
+  local a = {0, 0, 0, 0, r[2], r[3]}
+  if r[1] then
+    local s, f, d, x = string.match(r[1], '^(%d+) (%d+) (%d+) (%d)$')
+    a = {tonumber(s), tonumber(f), tonumber(d), tonumber(x), r[2], r[3]}
+  end
+  return a
+end
+"""
+
+# ARGV: 3 delivery, 4 task, 5 crash retries, 6 now. Mirrors `batchgate.attempts.start`.
+# Returns nil (terminal, counted chunk, stale delivery), or {1 started | 0 over budget,
+# the job packed, then the task's record before: started, failed, delivery, running,
+# error type, error message}.
 START_ATTEMPT = (
     _TRANSITION
+    + _ATTEMPTS
     + """
 local job = redis.call('HMGET', KEYS[1], 's', 'a')
-if not active(job[1]) or tonumber(job[2]) > tonumber(ARGV[3]) then return false end
-redis.call('HSET', KEYS[1], 's', 'running', 'a', ARGV[3])
-redis.call('HSETNX', KEYS[1], 'st', ARGV[4])
-return publish('running')
+if not active(job[1]) then return false end
+local task = ARGV[4]
+if tonumber(task) >= 0 and redis.call('SISMEMBER', KEYS[3], task) == 1 then return false end
+local a = attempts(task)
+if tonumber(ARGV[3]) < a[3] then return false end
+if a[1] - a[2] > tonumber(ARGV[5]) then
+  return {0, packed(KEYS[1]), a[1], a[2], a[3], a[4], a[5], a[6]}
+end
+redis.call('HSET', KEYS[4], task, (a[1] + 1) .. ' ' .. a[2] .. ' ' .. ARGV[3] .. ' 1')
+local number = a[1] + 1
+if tonumber(task) >= 0 then number = math.max(tonumber(job[2]), number) end
+redis.call('HSET', KEYS[1], 's', 'running', 'a', number)
+redis.call('HSETNX', KEYS[1], 'st', ARGV[6])
+return {1, publish('running'), a[1], a[2], a[3], a[4], a[5], a[6]}
 """
 )
 
-# ARGV: 3 attempt, 4 error type, 5 error message.
+# ARGV: 3 attempt number, 4 error type, 5 error message, 6 task, 7 '1' if by the function.
+# Mirrors `batchgate.attempts.fail`; a plain job goes back to queued.
 REQUEUE = (
     _TRANSITION
+    + _ATTEMPTS
     + """
-local job = redis.call('HMGET', KEYS[1], 's', 'a')
-if not active(job[1]) or tonumber(job[2]) ~= tonumber(ARGV[3]) then return false end
+if not active(redis.call('HGET', KEYS[1], 's')) then return false end
+local task = ARGV[6]
+local a = attempts(task)
+if a[1] < 1 or a[1] ~= tonumber(ARGV[3]) then return false end
+redis.call('HSET', KEYS[4], task, a[1] .. ' ' .. (a[2] + tonumber(ARGV[7])) .. ' ' .. a[3] .. ' 0',
+  task .. ':et', ARGV[4], task .. ':em', ARGV[5])
+if tonumber(task) >= 0 then return packed(KEYS[1]) end
 redis.call('HSET', KEYS[1], 's', 'queued', 'et', ARGV[4], 'em', ARGV[5])
 return publish('queued')
 """
@@ -147,6 +182,7 @@ REOPEN = (
 if redis.call('HGET', KEYS[1], 's') ~= 'failed' then return false end
 redis.call('HSET', KEYS[1], 's', 'queued', 'a', 0)
 redis.call('HDEL', KEYS[1], 'et', 'em', 'fi')
+redis.call('DEL', KEYS[4])
 redis.call('ZREM', KEYS[2], ARGV[1])
 for _, key in ipairs(companions()) do redis.call('PERSIST', key) end
 return publish('queued')
@@ -187,7 +223,7 @@ for i = 2, #ARGV do
   local key = ARGV[1] .. 'job:' .. id
   local ix = redis.call('HGET', key, 'ix')
   if ix and redis.call('GET', ix) == id then redis.call('DEL', ix) end
-  redis.call('DEL', key, ARGV[1] .. 'chunks:' .. id)
+  redis.call('DEL', key, ARGV[1] .. 'chunks:' .. id, ARGV[1] .. 'attempts:' .. id)
   redis.call('ZREM', KEYS[1], id)
 end
 return #ARGV - 1

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from batchgate import attempts
+from batchgate.attempts import PLAIN, Attempt, TaskAttempts, Verdict
 from batchgate.errors import ConfigError
 from batchgate.models import FunctionKind, Job, JobError, JobStatus, Progress, now
 from batchgate.sqlite_db import SqliteDatabase
@@ -57,6 +59,17 @@ CREATE TABLE IF NOT EXISTS chunks (
     chunk INTEGER NOT NULL,
     PRIMARY KEY (job_id, chunk)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id TEXT NOT NULL,
+    task INTEGER NOT NULL,
+    started INTEGER NOT NULL,
+    failed INTEGER NOT NULL,
+    delivery INTEGER NOT NULL,
+    running INTEGER NOT NULL,
+    error_type TEXT,
+    error_message TEXT,
+    PRIMARY KEY (job_id, task)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -77,14 +90,28 @@ SELECT_JOB = f"SELECT {COLUMNS} FROM jobs WHERE id = ?"
 SELECT_BY_KEY = (
     f"SELECT {COLUMNS} FROM jobs WHERE owner = ? AND function = ? AND idempotency_key = ?"
 )
+# The attempt rules run in Python (batchgate.attempts) inside the write's transaction.
 START_ATTEMPT = (
     "UPDATE jobs SET status = 'running', attempts = ?, started_at = COALESCE(started_at, ?) "
-    f"WHERE id = ? AND {ACTIVE} AND attempts <= ? RETURNING {COLUMNS}"
+    f"WHERE id = ? RETURNING {COLUMNS}"
 )
 REQUEUE = (
     "UPDATE jobs SET status = 'queued', error_type = ?, error_message = ? "
-    f"WHERE id = ? AND {ACTIVE} AND attempts = ? RETURNING {COLUMNS}"
+    f"WHERE id = ? RETURNING {COLUMNS}"
 )
+SELECT_ATTEMPTS = (
+    "SELECT started, failed, delivery, running, error_type, error_message FROM attempts "
+    "WHERE job_id = ? AND task = ?"
+)
+PUT_ATTEMPTS = (
+    "INSERT INTO attempts (job_id, task, started, failed, delivery, running, error_type, "
+    "error_message) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, task) DO UPDATE SET "
+    "started = excluded.started, failed = excluded.failed, delivery = excluded.delivery, "
+    "running = excluded.running, error_type = excluded.error_type, "
+    "error_message = excluded.error_message"
+)
+SELECT_CHUNK = "SELECT 1 FROM chunks WHERE job_id = ? AND chunk = ?"
+DELETE_ATTEMPTS = "DELETE FROM attempts WHERE job_id = ?"
 FINISH = (
     "UPDATE jobs SET status = ?, finished_at = ?, result = ?, result_ref = ?, "
     "error_type = ?, error_message = ? "
@@ -230,13 +257,61 @@ class SqliteState:
         row = self._db.read_one(SELECT_JOB, (job_id,))
         return None if row is None else _job(row)
 
-    async def start_attempt(self, job_id: str, attempt: int) -> Job | None:
-        """Mark the job running under `attempt`; None if it is terminal or `attempt` is stale."""
-        return await self._transition(job_id, START_ATTEMPT, (attempt, now(), job_id, attempt))
+    async def start_attempt(
+        self, job_id: str, delivery: int, task: int = PLAIN, crash_retries: int = 3
+    ) -> Attempt | None:
+        """Count an attempt of the task as its function starts (see `batchgate.attempts`)."""
+        started_at = now()
 
-    async def requeue(self, job_id: str, attempt: int, error: JobError) -> Job | None:
-        """Back to queued with the attempt's error; None if fenced off or terminal."""
-        return await self._transition(job_id, REQUEUE, (error.type, error.message, job_id, attempt))
+        def start(conn: sqlite3.Connection) -> Attempt | None:
+            job = _active_job(conn, job_id)
+            if job is None or (task != PLAIN and conn.execute(SELECT_CHUNK, (job_id, task))
+                               .fetchone() is not None):  # fmt: skip
+                return None
+            before = _attempts(conn, job_id, task)
+            verdict, after = attempts.start(before, delivery, crash_retries)
+            if verdict is Verdict.STALE:
+                return None
+            if verdict is Verdict.STARTED:
+                _put_attempts(conn, job_id, task, after)
+                number = after.started if task == PLAIN else max(job.attempts, after.started)
+                row = conn.execute(START_ATTEMPT, (number, started_at, job_id)).fetchone()
+                job = _job(row)
+            return Attempt.of(job, before, after, verdict)
+
+        attempt: Attempt | None = await self._db.write(start)
+        if attempt is not None and attempt.started:
+            self._notices.publish(job_id)
+        return attempt
+
+    async def requeue(
+        self,
+        job_id: str,
+        attempt: int,
+        error: JobError,
+        task: int = PLAIN,
+        by_function: bool = True,
+    ) -> Job | None:
+        """Report a failed attempt that will be retried; None if fenced off or terminal."""
+
+        def report(conn: sqlite3.Connection) -> Job | None:
+            job = _active_job(conn, job_id)
+            if job is None:
+                return None
+            after = attempts.fail(
+                _attempts(conn, job_id, task), attempt, error, by_function=by_function
+            )
+            if after is None:
+                return None
+            _put_attempts(conn, job_id, task, after)
+            if task != PLAIN:
+                return job
+            return _job(conn.execute(REQUEUE, (error.type, error.message, job_id)).fetchone())
+
+        job: Job | None = await self._db.write(report)
+        if job is not None and task == PLAIN:
+            self._notices.publish(job_id)
+        return job
 
     async def finish(
         self,
@@ -266,7 +341,18 @@ class SqliteState:
 
     async def reopen(self, job_id: str) -> Job | None:
         """A failed job back to queued, attempts/error/finish time cleared; else None."""
-        return await self._transition(job_id, REOPEN, (job_id,))
+
+        def reopen(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute(REOPEN, (job_id,)).fetchone()
+            if row is None:
+                return None
+            conn.execute(DELETE_ATTEMPTS, (job_id,))
+            return _job(row)
+
+        job: Job | None = await self._db.write(reopen)
+        if job is not None:
+            self._notices.publish(job_id)
+        return job
 
     async def cancel(self, job_id: str) -> Job | None:
         """Cancel a job that is not terminal; None if it already is."""
@@ -313,6 +399,7 @@ class SqliteState:
 
         def delete(conn: sqlite3.Connection) -> None:
             conn.executemany(DELETE_CHUNKS, params)
+            conn.executemany(DELETE_ATTEMPTS, params)
             conn.executemany(DELETE_JOB, params)
 
         await self._db.write(delete)
@@ -325,9 +412,37 @@ class SqliteState:
         row = self._db.read_one(GET_META, (MANIFEST_KEY,))
         return None if row is None else bytes(row[0])
 
+    async def check_health(self) -> None:
+        """Fails when the state file's disk is (nearly) full."""
+        self._db.check_free_space()
+
     async def aclose(self) -> None:
         """Close the connection; later calls raise BackendError."""
         self._db.close()
+
+
+def _active_job(conn: sqlite3.Connection, job_id: str) -> Job | None:
+    row = conn.execute(SELECT_JOB, (job_id,)).fetchone()
+    job = None if row is None else _job(row)
+    return None if job is None or job.status.terminal else job
+
+
+def _attempts(conn: sqlite3.Connection, job_id: str, task: int) -> TaskAttempts:
+    row = conn.execute(SELECT_ATTEMPTS, (job_id, task)).fetchone()
+    if row is None:
+        return TaskAttempts()
+    started, failed, delivery, running, error_type, error_message = row
+    error = None if error_type is None else JobError(error_type, error_message)
+    return TaskAttempts(started, failed, delivery, bool(running), error)
+
+
+def _put_attempts(conn: sqlite3.Connection, job_id: str, task: int, record: TaskAttempts) -> None:
+    error = record.error
+    conn.execute(
+        PUT_ATTEMPTS,
+        (job_id, task, record.started, record.failed, record.delivery, int(record.running),
+         None if error is None else error.type, None if error is None else error.message),
+    )  # fmt: skip
 
 
 class _UnknownJob(Exception):

@@ -37,4 +37,12 @@ class Store(Protocol):
         """A URL a client can GET the blob from directly, or None if the backend has none."""
         ...
 
+    async def check_health(self) -> None:
+        """Raise BackendError if this backend could not take writes now (its disk is full).
+
+        Cheap and side-effect free: readiness probes call it. Backends with nothing to
+        check beyond answering at all return at once.
+        """
+        ...
+
     async def aclose(self) -> None: ...

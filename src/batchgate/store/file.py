@@ -22,6 +22,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
 from io import BufferedReader, BufferedWriter
 from pathlib import Path
 
+from batchgate.diskspace import check_free_space
 from batchgate.errors import BackendError, ConfigError, NotFound
 from batchgate.urls import local_path
 
@@ -62,7 +63,10 @@ def _backend_errors(key: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise BackendError(f"file store, key {key!r}: {exc}") from exc
+        reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+        raise BackendError(
+            f"file store, key {key!r}: {exc}", public=f"the file store failed: {reason}"
+        ) from exc
 
 
 def _open_temp(path: Path) -> tuple[Path, BufferedWriter]:
@@ -218,6 +222,10 @@ class FileStore:
     async def presigned_url(self, key: str, expires_s: int) -> str | None:
         """None: a local folder has no URL a client could fetch from."""
         return None
+
+    async def check_health(self) -> None:
+        """Fails when the folder's disk is (nearly) full."""
+        check_free_space(self.root, "file store")
 
     async def aclose(self) -> None:
         """Nothing to release."""

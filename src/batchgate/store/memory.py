@@ -62,5 +62,8 @@ class MemoryStore:
     async def presigned_url(self, key: str, expires_s: int) -> str | None:
         return None
 
+    async def check_health(self) -> None:
+        """Nothing to check beyond answering in memory."""
+
     async def aclose(self) -> None:
         """Nothing to release."""

@@ -168,6 +168,9 @@ class S3Store:
             raise self._client.error("generate_presigned_url", exc) from exc
         return url
 
+    async def check_health(self) -> None:
+        """Nothing to check cheaply: S3 does not fill up."""
+
     async def aclose(self) -> None:
         """Close the client's connection pool."""
         await self._client.aclose()

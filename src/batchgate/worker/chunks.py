@@ -1,4 +1,4 @@
-"""Map-job chunks: run one chunk, store its results, and fan in exactly once.
+"""Map-job chunks: store a chunk's results and fan in exactly once, or give up on it.
 
 A chunk may be delivered more than once. Its results blob is overwritten whole (a reader
 sees one complete attempt), `State.record_chunk` counts it once, and whichever delivery
@@ -9,39 +9,27 @@ from __future__ import annotations
 
 from batchgate.app import FunctionInfo
 from batchgate.keys import chunk_input_key, chunk_result_key, map_result_key
-from batchgate.models import Job, JobError, JobStatus, Task, dumps
+from batchgate.models import Job, JobError, JobStatus, Progress, Task, dumps
 from batchgate.queue import Delivery, Queue
 from batchgate.state import State
 from batchgate.store import Store
-from batchgate.worker.executor import ExecutorPool, Outcome
+from batchgate.worker.executor import Outcome
 
 
 class ChunkRunner:
-    """Runs the chunks of map jobs on an executor pool."""
+    """Settles the chunks of map jobs."""
 
-    def __init__(self, queue: Queue, state: State, store: Store, pool: ExecutorPool) -> None:
+    def __init__(self, queue: Queue, state: State, store: Store) -> None:
         self.queue = queue
         self.state = state
         self.store = store
-        self.pool = pool
 
-    async def run(
-        self, delivery: Delivery, task: Task, info: FunctionInfo, job: Job
-    ) -> Outcome | None:
-        """Run the chunk: None once it is settled, or the failed attempt's outcome (the
-        caller retries it or gives up, by attempts left)."""
-        assert task.chunk is not None
-        if job.status is JobStatus.QUEUED or delivery.attempt > job.attempts:
-            # For a map job `attempts` is the highest attempt any chunk has reached.
-            await self.state.start_attempt(job.id, delivery.attempt)
-        payload = await self.store.get(task.payload_ref or chunk_input_key(job.id, task.chunk))
-        outcome = await self.pool.run(b"m", info.name, payload, info.timeout_s)
-        if not outcome.ok:
-            return outcome
+    async def settle(self, delivery: Delivery, task: Task, job: Job, outcome: Outcome) -> None:
+        """The chunk ran: store its results, count it, commit the job if it was the last.
+        Raises BackendError if the results cannot be stored."""
         failed, lines = _split_reply(outcome)
-        items = payload.count(b"\n")
+        items = lines.count(b"\n")
         await self._settle(delivery, task, job, lines, items - failed, failed)
-        return None
 
     async def give_up(
         self, delivery: Delivery, task: Task, info: FunctionInfo, job: Job, error: JobError
@@ -68,15 +56,25 @@ class ChunkRunner:
         await self.store.put(chunk_result_key(job.id, task.chunk), lines)
         tally = await self.state.record_chunk(job.id, task.chunk, done, failed)
         if tally is not None:
-            progress, _ = tally
-            # Every delivery that sees the full count tries; the compare-and-set picks one.
-            if progress.done + progress.failed >= progress.total:
-                manifest = dumps({"chunks": task.chunks, "items": progress.total})
-                await self.store.put(map_result_key(job.id), manifest)
-                await self.state.finish(
-                    job.id, None, JobStatus.SUCCEEDED, result_ref=map_result_key(job.id)
-                )
+            await self._commit_if_complete(job.id, task, tally[0])
         await self.queue.ack(delivery)
+
+    async def settle_counted(self, delivery: Delivery, task: Task) -> None:
+        """A delivery of a chunk that is already counted: if every chunk is, commit the job
+        (the delivery that counted the last one may have died before it could), then ack."""
+        job = await self.state.get_job(task.job_id)
+        if job is not None and not job.status.terminal:
+            await self._commit_if_complete(job.id, task, job.progress)
+        await self.queue.ack(delivery)
+
+    async def _commit_if_complete(self, job_id: str, task: Task, progress: Progress) -> None:
+        # Every delivery that sees the full count tries; the compare-and-set picks one.
+        if progress.done + progress.failed >= progress.total:
+            manifest = dumps({"chunks": task.chunks, "items": progress.total})
+            await self.store.put(map_result_key(job_id), manifest)
+            await self.state.finish(
+                job_id, None, JobStatus.SUCCEEDED, result_ref=map_result_key(job_id)
+            )
 
 
 def item_error(task: Task, chunk_size: int, outcome: Outcome) -> JobError:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import struct
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from batchgate.errors import ConfigError
@@ -23,11 +24,19 @@ READY_TIMEOUT_S = 120.0
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Outcome:
-    """The end of one call: JSON result bytes, or an error (with the failing item's index)."""
+    """The end of one call: JSON result bytes, or an error (with the failing item's index).
+
+    `final`: the error comes from input that can never be run (it does not decode), so
+    retrying cannot help. `crashed`: the executor process died under the call (killed, or
+    the function brought it down), a failure of the infrastructure rather than an
+    exception of the function.
+    """
 
     result: bytes | None = None
     error: JobError | None = None
     index: int | None = None
+    final: bool = False
+    crashed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -89,14 +98,32 @@ class ExecutorPool:
     def idle(self) -> int:
         return self._idle.qsize()
 
-    async def run(self, mode: bytes, function: str, payload: bytes, timeout_s: float) -> Outcome:
+    async def run(
+        self,
+        mode: bytes,
+        function: str,
+        payload: bytes,
+        timeout_s: float,
+        on_start: Callable[[], Awaitable[bool]] | None = None,
+    ) -> Outcome | None:
         """Run `function` on `payload` (mode b"c" call, b"m" map chunk) within `timeout_s`.
 
+        `on_start`, when given, is awaited once a process is free for the call, just before
+        the call is sent: if it returns False the call is not made and `run` returns None.
         Cancelling this coroutine kills the process running the call.
         """
         if self._broken is not None:
             raise self._broken
         executor = await self._idle.get()
+        if on_start is not None:
+            try:
+                go = await on_start()
+            except BaseException:
+                self._idle.put_nowait(executor)
+                raise
+            if not go:
+                self._idle.put_nowait(executor)
+                return None
         request = mode + function.encode() + b"\n" + payload
         try:
             async with asyncio.timeout(timeout_s):
@@ -110,9 +137,8 @@ class ExecutorPool:
             await executor.kill()
             self._replace(executor)
             code = executor.proc.returncode
-            return Outcome(
-                error=JobError("ExecutorLost", f"the executor process died (exit status {code})")
-            )
+            error = JobError("ExecutorLost", f"the executor process died (exit status {code})")
+            return Outcome(error=error, crashed=True)
         except BaseException:
             self._replace(executor)
             raise
@@ -120,7 +146,8 @@ class ExecutorPool:
         if reply[:1] == b"\x00":
             return Outcome(result=reply[1:])
         doc: dict[str, Any] = json.loads(reply[1:])
-        return Outcome(error=JobError(doc["type"], doc["message"]), index=doc.get("index"))
+        error = JobError(doc["type"], doc["message"])
+        return Outcome(error=error, index=doc.get("index"), final=bool(doc.get("final")))
 
     async def aclose(self) -> None:
         """Kill every process; calls in progress end with ExecutorLost."""

@@ -1,31 +1,26 @@
-"""The worker loop: receive tasks, run them on executors, heartbeat leases, commit, ack.
+"""The worker loop: receive tasks, hand each to a TaskRunner, heartbeat leases, drain.
 
 At-least-once: a task is acked only after its job's outcome is stored, and the outcome is
 committed by a compare-and-set fenced by the attempt number, so a task delivered twice
-completes its job once.
+completes its job once (see worker/tasks.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
-import random
 from collections.abc import Callable
-from typing import Any
 
 from batchgate.app import FunctionInfo, Registry
-from batchgate.context import request_id
-from batchgate.errors import BackendError, BatchgateError
-from batchgate.keys import result_key
-from batchgate.models import JobError, JobStatus, Task
+from batchgate.errors import BackendError
+from batchgate.models import JobStatus, peek_job_id
 from batchgate.queue import Delivery, Queue
 from batchgate.settings import Settings
 from batchgate.state import State
 from batchgate.store import Store
-from batchgate.worker.chunks import ChunkRunner, item_error
-from batchgate.worker.executor import ExecutorPool, Outcome
+from batchgate.worker.executor import ExecutorPool
+from batchgate.worker.tasks import TaskRunner
 
 log = logging.getLogger("batchgate.worker")
 
@@ -33,12 +28,6 @@ RECEIVE_WAIT_S = 20.0
 OUTAGE_BACKOFF_MAX_S = 5.0
 # With a time budget (a Lambda invocation), a task's limit leaves this much to commit it.
 COMMIT_MARGIN_S = 2.0
-
-
-def backoff_s(attempt: int, base_s: float, cap_s: float) -> float:
-    """Exponential backoff with jitter: about base * 2^(attempt-1), capped, in [50%, 100%]."""
-    ceiling = min(cap_s, base_s * 2 ** max(0, attempt - 1))
-    return float(ceiling * random.uniform(0.5, 1.0))
 
 
 class Worker:
@@ -68,9 +57,10 @@ class Worker:
         self.time_left = time_left
         self.receive_until_left_s = receive_until_left_s
         # Tasks held at once: one running per executor plus as many again waiting, so an
-        # executor never idles for a receive round trip.
+        # executor never idles for a receive round trip. A task held is not an attempt: its
+        # attempt counts when an executor starts its function (see worker/tasks.py).
         self.capacity = pool.size * 2
-        self.chunks = ChunkRunner(queue, state, store, pool)
+        self.tasks = TaskRunner(queue, state, store, pool, settings, self.function)
         self._in_flight: dict[asyncio.Task[None], Delivery] = {}
         self._slot_freed = asyncio.Event()
         self._receiving = True
@@ -107,7 +97,7 @@ class Worker:
                 self._start(delivery)
 
     def _start(self, delivery: Delivery) -> None:
-        task = asyncio.create_task(self._handle(delivery), name="task")
+        task = asyncio.create_task(self.tasks.handle(delivery), name="task")
         self._in_flight[task] = delivery
         task.add_done_callback(self._task_done)
 
@@ -192,104 +182,8 @@ class Worker:
 
     async def handle(self, delivery: Delivery) -> None:
         """Run one delivered task to its end: commit and ack, retry, or dead-letter it."""
-        await self._handle(delivery)
-
-    async def _handle(self, delivery: Delivery) -> None:
-        try:
-            task = Task.decode(delivery.body)
-        except (ValueError, KeyError, TypeError) as exc:
-            await self.queue.dead_letter(delivery, f"undecodable task message: {exc}")
-            return
-        # Each delivery runs in an asyncio task of its own, so this tags only its log lines.
-        request_id.set(task.request_id)
-        if task.chunk is not None:
-            await self._handle_chunk(delivery, task)
-            return
-        job = await self.state.start_attempt(task.job_id, delivery.attempt)
-        if job is None or job.status.terminal:
-            await self.queue.ack(delivery)  # cancelled, or finished by an earlier attempt
-            return
-        try:
-            info = self.function(task.function)
-        except BatchgateError:
-            error = JobError("UnknownFunction", f"no worker knows function {task.function!r}")
-            await self._fail(delivery, task, error)
-            return
-        if delivery.attempt > info.max_attempts:
-            # Crashed attempts (a killed executor or worker) count too.
-            error = JobError("AttemptsExhausted", f"gave up after {info.max_attempts} attempts")
-            await self._fail(delivery, task, error)
-            return
-        payload = task.payload
-        if payload is None:
-            assert task.payload_ref is not None
-            payload = await self.store.get(task.payload_ref)
-        outcome = await self.pool.run(b"c", info.name, payload, info.timeout_s)
-        if outcome.ok:
-            await self._succeed(delivery, task, outcome)
-        else:
-            assert outcome.error is not None
-            await self._attempt_failed(delivery, task, info, outcome.error)
-
-    async def _handle_chunk(self, delivery: Delivery, task: Task) -> None:
-        job = await self.state.get_job(task.job_id)
-        if job is None or job.status.terminal:
-            await self.queue.ack(delivery)  # cancelled, failed by another chunk, or expired
-            return
-        try:
-            info = self.function(task.function)
-        except BatchgateError:
-            error = JobError("UnknownFunction", f"no worker knows function {task.function!r}")
-            await self.chunks.give_up(delivery, task, FunctionInfo(task.function), job, error)
-            return
-        if delivery.attempt > info.max_attempts:
-            error = JobError("AttemptsExhausted", f"gave up after {info.max_attempts} attempts")
-            await self.chunks.give_up(delivery, task, info, job, error)
-            return
-        failure = await self.chunks.run(delivery, task, info, job)
-        if failure is None:
-            return
-        error = item_error(task, info.chunk_size, failure)
-        if delivery.attempt >= info.max_attempts:
-            await self.chunks.give_up(delivery, task, info, job, error)
-        else:
-            await self.queue.retry(delivery, self._backoff_s(delivery.attempt))
-
-    def _backoff_s(self, attempt: int) -> float:
-        return backoff_s(attempt, self.settings.retry_backoff_s, self.settings.retry_backoff_max_s)
-
-    async def _succeed(self, delivery: Delivery, task: Task, outcome: Outcome) -> None:
-        result = outcome.result or b"null"
-        fields: dict[str, Any] = {}
-        if len(result) <= self.settings.inline_max_bytes:
-            fields["result"] = result
-        else:
-            await self.store.put(result_key(task.job_id), result)
-            fields["result_ref"] = result_key(task.job_id)
-        await self.state.finish(task.job_id, delivery.attempt, JobStatus.SUCCEEDED, **fields)
-        await self.queue.ack(delivery)
-
-    async def _attempt_failed(
-        self, delivery: Delivery, task: Task, info: FunctionInfo, error: JobError
-    ) -> None:
-        if delivery.attempt >= info.max_attempts:
-            await self._fail(delivery, task, error)
-            return
-        delay = self._backoff_s(delivery.attempt)
-        if await self.state.requeue(task.job_id, delivery.attempt, error) is not None:
-            await self.queue.retry(delivery, delay)
-
-    async def _fail(self, delivery: Delivery, task: Task, error: JobError) -> None:
-        failed = await self.state.finish(
-            task.job_id, delivery.attempt, JobStatus.FAILED, error=error
-        )
-        if failed is None:
-            await self.queue.ack(delivery)  # another attempt settled the job first
-        else:
-            await self.queue.dead_letter(delivery, f"{error.type}: {error.message}")
+        await self.tasks.handle(delivery)
 
 
 def _job_id_of(delivery: Delivery) -> str | None:
-    with contextlib.suppress(ValueError, KeyError, TypeError):
-        return Task.decode(delivery.body).job_id
-    return None
+    return peek_job_id(delivery.body)
