@@ -22,8 +22,15 @@ STARTUP_S = 60.0
 class ServeProcess:
     """One `batchgate serve` subprocess and an HTTP client pointed at it."""
 
-    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        app: str = TEST_APP,
+    ) -> None:
         self.data_dir = data_dir
+        self.app = app
         self.extra = extra
         self.env = {**os.environ, "BATCHGATE_RETRY_BACKOFF": "0.05", **(env or {})}
         self.port = free_port()
@@ -33,7 +40,7 @@ class ServeProcess:
 
     def start(self) -> ServeProcess:
         cmd = [
-            sys.executable, "-m", "batchgate", "serve", TEST_APP,
+            sys.executable, "-m", "batchgate", "serve", self.app,
             "--port", str(self.port), "--data-dir", str(self.data_dir), "--workers", "2",
             *self.extra,
         ]  # fmt: skip

@@ -18,10 +18,16 @@ from batchgate.errors import (
 )
 from batchgate.gateway.events import SSE_HEADERS, job_events
 from batchgate.gateway.metrics import Metrics
-from batchgate.gateway.prefer import parse_prefer, query_wait
+from batchgate.gateway.prefer import (
+    check_idempotency_key,
+    parse_prefer,
+    query_flag,
+    query_wait,
+)
 from batchgate.gateway.problems import error_response, job_problem
 from batchgate.jobs import Jobs, retry_after_s
 from batchgate.models import FunctionKind, Job, JobStatus, dumps, loads
+from batchgate.typeschema import first_violation
 
 # How long a presigned result URL stays valid.
 REDIRECT_EXPIRES_S = 3600
@@ -40,9 +46,7 @@ class Routes:
         owner = self.owner_of(request)
         info = self.jobs.registry.get(request.path_params["name"])
         prefs = parse_prefer(request.headers.getlist("prefer"))
-        idempotency_key = request.headers.get("idempotency-key")
-        if idempotency_key is not None and not 0 < len(idempotency_key) <= 255:
-            raise BadRequest("Idempotency-Key must be 1 to 255 characters")
+        idempotency_key = check_idempotency_key(request.headers.get("idempotency-key"))
         applied: list[str] = []
         if prefs.respond_async:
             wait_s = 0.0
@@ -104,7 +108,11 @@ class Routes:
             body += piece
         if not body:
             raise BadRequest("the body is empty; send a JSON value")
-        loads(bytes(body))  # validates: malformed or non-UTF-8 JSON is a 400 here
+        value = loads(bytes(body))  # malformed or non-UTF-8 JSON is a 400 here
+        if info.input_schema:
+            violation = first_violation(value, info.input_schema)
+            if violation is not None:
+                raise BadRequest(f"the body does not match the type {info.name} takes: {violation}")
         return bytes(body)
 
     async def _outcome(
@@ -142,10 +150,10 @@ class Routes:
         return Response(dumps(job.status_json()), media_type="application/json")
 
     async def result(self, request: Request) -> Response:
+        wants_redirect = query_flag("redirect", request.query_params.get("redirect"))
         job = await self._job(request)
         fmt = BatchFormat.from_accept(request.headers.get("accept"))
         headers = {"Job-Id": job.id, "Location": f"/v1/jobs/{job.id}"}
-        wants_redirect = request.query_params.get("redirect") in ("1", "true")
         if (
             job.result_ref is not None
             and job.kind is FunctionKind.FUNCTION
