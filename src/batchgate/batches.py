@@ -20,6 +20,7 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callab
 from itertools import repeat
 from typing import Any
 
+from batchgate import strictjson
 from batchgate.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 try:  # the C encoder called directly: ~3x faster than JSONEncoder.encode per item
@@ -198,12 +199,9 @@ def _tidy_lines(blob: bytes) -> bytes:
 # -- the splitters: synchronous, fed one read at a time ----------------------------------
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-# Strict: no control characters inside strings, no NaN/Infinity.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+# Every item obeys the strict JSON rules (see `batchgate.strictjson`): the C parser finds
+# the items, then `strictjson.check` applies the rules to their text.
+_DECODER = strictjson.PLAIN
 
 
 def _no_default(value: Any) -> Any:
@@ -221,7 +219,6 @@ def _list_encoder() -> Callable[[list[Any]], Iterable[str]]:
 
 
 _ENCODE = _list_encoder()
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # The gap between two objects (arrays) in an array; elsewhere in valid JSON this text can
 # only sit inside a string.
 _BETWEEN = {
@@ -250,11 +247,7 @@ class _Splitter:
         if "\r" in text or "\t" in text:
             # Raw tabs and CRs cannot sit inside a valid JSON string: they are whitespace.
             text = text.replace("\r", "").replace("\t", "")
-        try:
-            return text.encode()
-        except UnicodeEncodeError:
-            # A lone surrogate, re-dumped from a \ud800 escape: escape it again.
-            return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m[0]):04x}", text).encode()
+        return text.encode()  # no lone surrogate: the strict rules refused those
 
     def _check_count(self, more: int) -> None:
         if self.items + more > self.max_items:
@@ -340,15 +333,19 @@ def _valid_lines(lines: list[str]) -> bool:
         sentinel = ""
     elif _CONTAINER_OR_STRING.search(joined := ",".join(lines)) is None:
         # Numbers and literals only: lines cannot merge, so n items means one per line.
+        text = "[" + joined + "]"
         try:
-            return len(_DECODER.decode("[" + joined + "]")) == len(lines)
+            values = _DECODER.decode(text)
+            strictjson.check(text, values, extra_depth=1)
         except (ValueError, RecursionError):
             return False
+        return len(values) == len(lines)
     else:
         sentinel = _sentinel()
         text = "[" + f',\n"{sentinel}",\n'.join(lines) + "]"
     try:
         values = _DECODER.decode(text)
+        strictjson.check(text, values, extra_depth=1)
     except (ValueError, RecursionError):
         return False
     return len(values) == 2 * len(lines) - 1 and values[1::2].count(sentinel) == len(lines) - 1
@@ -375,13 +372,13 @@ def _raise_bad_line(raw: list[str], stripped: list[str], first_line: int) -> Non
 def _parse_problem(line: str) -> tuple[str, int | None] | None:
     """Why `line` is not exactly one JSON value, and where; None when it is."""
     try:
-        _, end = _DECODER.raw_decode(line)
+        _, end = strictjson.raw_decode(line)
     except json.JSONDecodeError as exc:
         return _reason(exc), exc.pos
-    except ValueError as exc:
+    except strictjson.JsonRejected as exc:
         return str(exc), None
-    except RecursionError:
-        return "nested too deeply", None
+    except ValueError:
+        return "a number is out of range (too many digits)", None
     if end != len(line):
         return "unexpected data after the value", end
     return None
@@ -546,8 +543,10 @@ class _ArraySplitter(_Splitter):
             comma = buf.rfind(",", pos, comma)
         else:
             return None, comma
+        text = "[" + buf[pos:comma] + "]"
         try:
-            values = _DECODER.decode("[" + buf[pos:comma] + "]")
+            values = _DECODER.decode(text)
+            strictjson.check(text, values, extra_depth=1)
         except (ValueError, RecursionError):
             return None, comma  # a nested comma or a real error: _one_item tells which
         return values, comma + 1
@@ -564,10 +563,17 @@ class _ArraySplitter(_Splitter):
             if truncated and not eof:
                 return None
             raise self._fail(f"item {index} is not valid JSON: {_reason(exc)}", exc.pos) from None
-        except ValueError as exc:
-            raise self._fail(f"item {index} is not valid JSON: {exc}", pos) from None
+        except strictjson.JsonRejected as exc:
+            raise self._fail(f"item {index} is not accepted: {exc}", pos) from None
+        except ValueError:
+            # A number with more digits than Python converts; it may still go on.
+            if not eof:
+                return None
+            reason = "a number is out of range"
+            raise self._fail(f"item {index} is not accepted: {reason}", pos) from None
         except RecursionError:
-            raise self._fail(f"item {index} is nested too deeply", pos) from None
+            limit = strictjson.MAX_DEPTH
+            raise self._fail(f"item {index} nests more than {limit} levels deep", pos) from None
         sep = _skip_ws(buf, stop)
         if not eof and (sep == end or (buf[sep] not in ",]" and end - stop < _TRUNCATION_SLACK)):
             return None  # a number may go on, or the separator is yet to come
@@ -575,6 +581,10 @@ class _ArraySplitter(_Splitter):
             raise self._fail(f"the JSON array is not closed: the body ends after item {index}", sep)
         if buf[sep] not in ",]":
             raise self._fail(f"expected ',' or ']' after item {index}, not {buf[sep]!r}", sep)
+        try:
+            strictjson.check(buf[pos:stop], value)
+        except strictjson.JsonRejected as exc:
+            raise self._fail(f"item {index} is not accepted: {exc}", pos) from None
         if isinstance(value, dict | list):
             self._queue([buf[pos:stop].replace("\n", "")])
         else:

@@ -123,12 +123,15 @@ def serve(app_ref: str, **flags: Any) -> None:
 
     flags["api_keys"] = flags["api_keys"] or None
     settings = _settings(**flags)
-    click.echo(
-        f"batchgate serving {app_ref} on http://{settings.host}:{settings.port} "
-        f"with {settings.workers} executors (data in {settings.data_dir})",
-        err=True,
-    )
-    run(serve_all(app_ref, settings, owns_queue=True))
+
+    def announce(url: str) -> None:
+        click.echo(
+            f"batchgate serving {app_ref} on {url} "
+            f"with {settings.workers} executors (data in {settings.data_dir})",
+            err=True,
+        )
+
+    run(serve_all(app_ref, settings, owns_queue=True, on_listening=announce))
 
 
 @main.command()
@@ -142,8 +145,11 @@ def gateway(app_ref: str | None, **flags: Any) -> None:
 
     flags["api_keys"] = flags["api_keys"] or None
     settings = _settings(**flags)
-    click.echo(f"batchgate gateway on http://{settings.host}:{settings.port}", err=True)
-    run(serve_all(app_ref, settings, run_worker=False))
+
+    def announce(url: str) -> None:
+        click.echo(f"batchgate gateway on {url}", err=True)
+
+    run(serve_all(app_ref, settings, run_worker=False, on_listening=announce))
 
 
 @main.command()

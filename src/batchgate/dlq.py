@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from batchgate.models import Task, iso
+from batchgate.models import Task, iso, peek_job_id
 from batchgate.server import open_backends
 from batchgate.settings import Settings
 
@@ -22,7 +22,7 @@ async def list_dead(settings: Settings, limit: int) -> list[str]:
             task = Task.decode(letter.body)
             what = f"job={task.job_id} function={task.function}"
         except (ValueError, KeyError, TypeError):
-            what = "job=? (undecodable message)"
+            what = f"job={peek_job_id(letter.body) or '?'} (undecodable message)"
         lines.append(
             f"{letter.message_id}  {what}  attempts={letter.attempts}  "
             f"failed_at={iso(letter.failed_at)}  reason={letter.reason}"

@@ -32,6 +32,10 @@ class BatchgateError(Exception):
         body.update(self.extra)
         return body
 
+    def headers(self) -> dict[str, str]:
+        """Response headers this error's problem carries besides its body."""
+        return {}
+
 
 class ConfigError(BatchgateError):
     """A setting, URL or app reference is wrong; raised before anything starts."""
@@ -50,6 +54,9 @@ class Unauthorized(BatchgateError):
     status = 401
     problem = "unauthorized"
     title = "Missing or invalid API key"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="batchgate"'}
 
 
 class NotFound(BatchgateError):
@@ -84,6 +91,9 @@ class Overloaded(BatchgateError):
     def __init__(self, message: str, retry_after_s: int = 1, **extra: Any) -> None:
         super().__init__(message, **extra)
         self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class JobFailed(BatchgateError):

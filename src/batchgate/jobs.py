@@ -32,6 +32,9 @@ log = logging.getLogger("batchgate.jobs")
 _DEPTH_CHECK_S = 0.5
 # Chunk tasks enqueued per queue call.
 _ENQUEUE_BATCH = 500
+# Expired jobs read and deleted per round of delete_expired.
+EXPIRY_BATCH = 500
+EXPIRY_INTERVAL_MAX_S = 60.0
 
 
 def request_hash(function: str, body: bytes) -> str:
@@ -279,22 +282,40 @@ class Jobs:
         cancelled = await self.state.cancel(job_id)
         return cancelled or await self.get(job_id, owner)
 
-    async def delete_expired(self, now: float, limit: int = 500) -> int:
-        """Remove terminal jobs older than the retention period, with their blobs."""
-        expired = await self.state.expired_jobs(now - self.settings.result_ttl_s, limit)
-        if not expired:
-            return 0
-        keys = [result_key(j.id) for j in expired] + [payload_key(j.id) for j in expired]
-        await self.store.delete(keys)
-        for job in expired:
-            if job.kind is FunctionKind.MAP:
-                await self._delete_blobs(job.id)
-        await self.state.delete_jobs([j.id for j in expired])
-        return len(expired)
+    async def delete_expired(self, now: float, batch: int = EXPIRY_BATCH) -> int:
+        """Remove every terminal job that finished a retention period before `now`, with its
+        blobs, `batch` jobs at a time until none is left; returns how many.
+
+        Catching up fully on each call keeps the stored count bounded at any sustained rate
+        (about rate x (retention + the interval between calls)).
+        """
+        finished_before = now - self.settings.result_ttl_s
+        total = 0
+        while True:
+            expired = await self.state.expired_jobs(finished_before, batch)
+            if not expired:
+                break
+            keys = [result_key(j.id) for j in expired] + [payload_key(j.id) for j in expired]
+            await self.store.delete(keys)
+            for job in expired:
+                if job.kind is FunctionKind.MAP:
+                    await self._delete_blobs(job.id)
+            await self.state.delete_jobs([j.id for j in expired])
+            total += len(expired)
+            if len(expired) < batch:
+                break
+        if total:
+            log.info("deleted %d expired jobs", total)
+        return total
 
     async def _delete_blobs(self, job_id: str) -> None:
         for prefix in map_prefixes(job_id):
             await self.store.delete_prefix(prefix)
+
+
+def expiry_interval_s(result_ttl_s: float) -> float:
+    """How often to call `Jobs.delete_expired`: a quarter of the retention, 1 s to 60 s."""
+    return min(EXPIRY_INTERVAL_MAX_S, max(1.0, result_ttl_s / 4))
 
 
 def retry_after_s(job: Job) -> int:

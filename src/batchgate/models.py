@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import re
 import secrets
 import time
 from datetime import UTC, datetime
 from typing import Any
 
+from batchgate import strictjson
 from batchgate.errors import BadRequest
 
 JSON = Any
@@ -153,7 +155,14 @@ class Task:
 
     @classmethod
     def decode(cls, data: bytes) -> Task:
-        doc = json.loads(data)
+        """Parse a task message under the strict JSON rules (`batchgate.strictjson`).
+
+        Raises ValueError (a UnicodeDecodeError, a JSON syntax error or a rule broken),
+        KeyError or TypeError for a message that is not a task.
+        """
+        doc = strictjson.loads(data, extra_depth=1)  # the payload sits one level down
+        if not isinstance(doc, dict):
+            raise TypeError(f"a task message is a JSON object, not {type(doc).__name__}")
         payload = doc.get("payload", _MISSING)
         return cls(
             job_id=doc["job"],
@@ -167,6 +176,14 @@ class Task:
 
 
 _MISSING = object()
+# The job id of a task message, found without parsing it (job ids are URL-safe base64).
+_JOB_ID_FIELD = re.compile(rb'^\{"job":"([A-Za-z0-9_-]{1,64})"')
+
+
+def peek_job_id(data: bytes) -> str | None:
+    """The job id at the head of a task message, even one that does not decode."""
+    match = _JOB_ID_FIELD.match(data)
+    return match.group(1).decode() if match else None
 
 
 def dumps(value: JSON) -> bytes:
@@ -175,14 +192,15 @@ def dumps(value: JSON) -> bytes:
 
 
 def loads(data: bytes | str) -> JSON:
-    """Parse JSON, raising BadRequest for malformed or non-UTF-8 input."""
+    """Parse a request body under the strict JSON rules, raising BadRequest when it breaks
+    them (malformed, not UTF-8, NaN, a number out of range, a lone surrogate, too deep)."""
     try:
-        text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+        return strictjson.loads(data)
     except UnicodeDecodeError as exc:
         raise BadRequest(f"body is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
-    try:
-        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise BadRequest(
             f"body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
         ) from None
+    except ValueError as exc:
+        raise BadRequest(f"body is not accepted: {exc}") from None

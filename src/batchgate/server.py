@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
@@ -18,9 +19,9 @@ from typing import Any
 import uvicorn
 
 from batchgate.app import Registry, load_app
-from batchgate.errors import ConfigError
+from batchgate.errors import BackendError, ConfigError
 from batchgate.gateway import create_gateway
-from batchgate.jobs import Jobs
+from batchgate.jobs import Jobs, expiry_interval_s
 from batchgate.models import dumps
 from batchgate.queue import Queue, open_queue
 from batchgate.settings import Settings
@@ -32,7 +33,6 @@ from batchgate.worker.runtime import Worker
 
 log = logging.getLogger("batchgate")
 
-CLEANUP_INTERVAL_S = 60.0
 # How often a gateway without APP re-reads the workers' function manifest.
 MANIFEST_REFRESH_S = 5.0
 
@@ -40,9 +40,29 @@ MANIFEST_REFRESH_S = 5.0
 class _Server(uvicorn.Server):
     """uvicorn, minus its own signal handling: the process decides how to stop."""
 
+    def __init__(self, config: uvicorn.Config, on_started: Callable[[], None] | None) -> None:
+        super().__init__(config)
+        self.on_started = on_started
+
     @contextlib.contextmanager
     def capture_signals(self) -> Any:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.on_started is not None:
+            self.on_started()
+
+
+def listen(settings: Settings) -> socket.socket:
+    """The gateway's listening socket; ConfigError (with the reason) if the bind fails."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    try:
+        return socket.create_server((settings.host, settings.port), family=family)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+        ) from None
 
 
 def check_bind(settings: Settings) -> None:
@@ -107,9 +127,12 @@ def _install_stop_signals(stop: asyncio.Event) -> None:
 
 
 async def _cleanup_loop(jobs: Jobs) -> None:
-    interval = min(CLEANUP_INTERVAL_S, max(1.0, jobs.settings.result_ttl_s / 4))
+    interval = expiry_interval_s(jobs.settings.result_ttl_s)
     while True:
-        await jobs.delete_expired(time.time())
+        try:
+            await jobs.delete_expired(time.time())
+        except BackendError as exc:  # an outage: the next round catches up
+            log.warning("deleting expired jobs failed: %s", exc.message)
         await asyncio.sleep(interval)
 
 
@@ -134,14 +157,28 @@ async def serve(
     run_gateway: bool = True,
     run_worker: bool = True,
     owns_queue: bool = False,
+    on_listening: Callable[[str], None] | None = None,
 ) -> None:
     """Run a gateway and/or a worker until SIGINT or SIGTERM, then drain and exit.
 
     `owns_queue` (the all-in-one server): this process alone serves its embedded queue, so
-    on start it re-queues the tasks an earlier process left leased.
+    on start it re-queues the tasks an earlier process left leased. `on_listening` is
+    called with the gateway's URL once it accepts requests (never if the bind fails).
     """
     if run_gateway:
         check_bind(settings)
+    with listen(settings) if run_gateway else contextlib.nullcontext() as sock:
+        await _serve(app_ref, settings, sock, run_worker, owns_queue, on_listening)
+
+
+async def _serve(
+    app_ref: str | None,
+    settings: Settings,
+    sock: socket.socket | None,
+    run_worker: bool,
+    owns_queue: bool,
+    on_listening: Callable[[str], None] | None,
+) -> None:
     if run_worker and app_ref is None:
         raise ConfigError("a worker needs APP: the functions it runs")
     app = load_app(app_ref) if app_ref else None
@@ -168,9 +205,11 @@ async def serve(
                     if app is None:
                         await _load_manifest(jobs)
                         group.create_task(_until(stop, _manifest_loop(jobs)), name="manifest")
-                    if run_gateway:
-                        server = _Server(_uvicorn_config(jobs, settings))
-                        group.create_task(_run_gateway(server, jobs, stop), name="gateway")
+                    if sock is not None:
+                        url = f"http://{settings.host}:{settings.port}"
+                        started = None if on_listening is None else lambda: on_listening(url)
+                        server = _Server(_uvicorn_config(jobs, settings), started)
+                        group.create_task(_run_gateway(server, sock, jobs, stop), name="gateway")
             finally:
                 await jobs.aclose()
 
@@ -197,8 +236,10 @@ async def _run_worker(worker: Worker, pool: ExecutorPool, stop: asyncio.Event) -
         await pool.aclose()
 
 
-async def _run_gateway(server: uvicorn.Server, jobs: Jobs, stop: asyncio.Event) -> None:
-    serving = asyncio.ensure_future(server.serve())
+async def _run_gateway(
+    server: uvicorn.Server, sock: socket.socket, jobs: Jobs, stop: asyncio.Event
+) -> None:
+    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait({serving, stopper}, return_when=asyncio.FIRST_COMPLETED)
     # Waiting clients get their job's status (202 + Location) now; the job itself is durable.

@@ -114,6 +114,12 @@ class Settings:
             raise ConfigError("max-wait must be >= 0, and lease and reread intervals positive")
         if self.max_body_bytes <= 0 or self.max_items <= 0:
             raise ConfigError("max-body and max-items must be positive")
+        for key in self.api_keys:
+            if not key.strip() or key != key.strip():
+                raise ConfigError(
+                    "an API key must not be empty, blank, or start or end with whitespace "
+                    "(a client could never send it)"
+                )
 
     def with_default_urls(self) -> Settings:
         """Fill unset backend URLs with the embedded defaults under `data_dir`."""

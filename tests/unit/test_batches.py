@@ -288,11 +288,11 @@ def test_whitespace_and_bom() -> None:
     assert items_of(cut("\ufeff1\n2\n".encode(), NDJSON, 10), 10) == [1, 2]
 
 
-def test_lone_surrogate_escapes_survive() -> None:
-    for fmt, body in ((JSON, b'["\\ud800", "x"]'), (NDJSON, b'"\\ud800"\n"x"\n')):
-        blobs = cut(body, fmt, 5)
-        blobs[0].decode()  # valid UTF-8
-        assert items_of(blobs, 5) == ["\ud800", "x"]
+def test_lone_surrogate_escapes_are_refused_and_pairs_kept() -> None:
+    for fmt, body in ((JSON, b'["x", "\\ud800"]'), (NDJSON, b'"x"\n"\\ud800"\n')):
+        assert "lone UTF-16 surrogate" in error(body, fmt, 5)
+    for fmt, body in ((JSON, b'["\\ud83d\\ude00", "x"]'), (NDJSON, b'"\\ud83d\\ude00"\n"x"\n')):
+        assert items_of(cut(body, fmt, 5), 5) == ["\U0001f600", "x"]
 
 
 def test_join_results_formats() -> None:
@@ -356,7 +356,12 @@ def test_malformed_item_gives_index_and_byte_offset(piece: int) -> None:
         (b"[1, -Infinity]", "Infinity"),
         (b"[1e400]", "number"),
         (b'["a\x01"]', "control character"),
-        (b"[" * 50_000 + b"]" * 50_000, "nested too deeply"),
+        (b"[" * 50_000 + b"]" * 50_000, "levels deep"),
+        (b"[" * 514 + b"]" * 514, "more than 512 levels deep"),
+        (b"[1, " + b"9" * 5000 + b"]", "out of range"),
+        (b"[1, " + b"9" * 400 + b"]", "out of range"),
+        (b'[{"a": [1e400]}]', "out of range"),
+        (b'[1, {"\\udc00": 1}]', "surrogate"),
     ],
 )
 @pytest.mark.parametrize("piece", [1, 3, 1 << 20])

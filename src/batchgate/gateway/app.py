@@ -53,8 +53,8 @@ def create_gateway(jobs: Jobs) -> Starlette:
         routes=[
             Route("/v1/functions/{name}", routes.submit, methods=["POST"]),
             Route("/v1/functions", routes.functions, methods=["GET"]),
-            Route("/v1/jobs/{job_id}", routes.status, methods=["GET"]),
-            Route("/v1/jobs/{job_id}", routes.cancel, methods=["DELETE"]),
+            # One route for both methods, so a 405 there lists both in Allow.
+            Route("/v1/jobs/{job_id}", routes.job, methods=["GET", "DELETE"]),
             Route("/v1/jobs/{job_id}/result", routes.result, methods=["GET"]),
             Route("/v1/jobs/{job_id}/events", routes.events, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),

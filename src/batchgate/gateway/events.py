@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from batchgate.errors import BadRequest
 from batchgate.gateway.problems import job_problem_details
 from batchgate.jobs import Jobs
 from batchgate.models import Job, JobStatus, dumps
@@ -15,6 +16,9 @@ from batchgate.models import Job, JobStatus, dumps
 PROGRESS_INTERVAL_S = 0.1
 # A comment line this often keeps proxies from closing a quiet stream.
 KEEPALIVE_S = 15.0
+
+# Progress ids count items: never more digits than this.
+_MAX_EVENT_ID_DIGITS = 18
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -38,10 +42,18 @@ def terminal_event(job: Job) -> bytes:
 
 
 def _resume_point(last_event_id: str | None) -> int:
-    """Progress events carry the count of finished items as their id."""
-    if last_event_id is None or not last_event_id.isdigit():
+    """Progress events carry the count of finished items as their id; the terminal event's
+    id is `end`. Without an id (or with `end`) the stream starts over."""
+    if last_event_id is None or last_event_id.strip() in ("", "end"):
         return -1
-    return int(last_event_id)
+    text = last_event_id.strip()
+    # ASCII digits only: str.isdigit() also takes "²" and Arabic-Indic digits.
+    if not (text.isascii() and text.isdigit() and len(text) <= _MAX_EVENT_ID_DIGITS):
+        raise BadRequest(
+            f"Last-Event-ID {text[:40]!r} is not an event id of this stream "
+            "(a count of finished items, or 'end')"
+        )
+    return int(text)
 
 
 async def job_events(

@@ -228,6 +228,7 @@ def get_job_events(doc: Doc) -> dict[str, Any]:
             "parameters": [param("JobId"), param("Last-Event-ID"), param("X-Request-Id")],
             "responses": {
                 "200": response("The job's events, until it finishes.", job_events_content()),
+                "400": problem("A `Last-Event-ID` that is no event id of this stream."),
                 "404": problem("No such job (or it has expired, or is another key's)."),
             },
         }

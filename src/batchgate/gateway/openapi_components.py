@@ -125,7 +125,9 @@ HEADERS: dict[str, Any] = {
         required=True,
     ),
     "WWW-Authenticate": _string_header(
-        "The authentication scheme to use: `Bearer`.", {"type": "string"}, required=True
+        "The authentication scheme to use: `Bearer`.",
+        {"type": "string", "pattern": "^Bearer( |$)"},
+        required=True,
     ),
     "Allow": _string_header("The methods the path supports.", {"type": "string"}, required=True),
 }
@@ -204,10 +206,10 @@ PARAMETERS: dict[str, Any] = {
     ),
     "Last-Event-ID": _header_param(
         "Last-Event-ID",
-        "Resume a stream: progress events up to this count of finished items are not "
-        "repeated. Other values start from the beginning.",
-        {"type": "string"},
-        ["0"],
+        "Resume a stream: the id of the last event seen. Progress events up to that count "
+        "of finished items are not repeated; `end` (or nothing) starts over.",
+        {"type": "string", "pattern": "^(end|[0-9]{1,18})?$"},
+        ["0", "end"],
     ),
     "X-Request-Id": _header_param(
         "X-Request-Id",
@@ -240,7 +242,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "description": "An RFC 9457 problem document. `type` names the problem: "
         f"`{PROBLEM_BASE}<name>`.",
-        "required": ["type", "title", "status"],
+        "required": ["type", "title", "status", "detail"],
         "properties": {
             "type": {"type": "string", "format": "uri"},
             "title": {"type": "string"},

@@ -9,13 +9,15 @@ patterns are written in the common subset of Python and ECMA-262 regular express
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 from batchgate.errors import BadRequest
 
 _TOKEN = r"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
 _WORD = rf'(?:{_TOKEN}|"(?:[^"\\]|\\.)*")'
-_SECONDS = r'(?:[0-9]+(?:\.[0-9]+)?|"[0-9]+(?:\.[0-9]+)?")'
+_DECIMAL = r"[0-9]{1,20}(?:\.[0-9]{1,20})?"
+_SECONDS = rf'(?:{_DECIMAL}|"{_DECIMAL}")'
 _WAIT = "[Ww][Aa][Ii][Tt]"
 _PARAMS = rf"(?:[ \t]*;(?:[ \t]*{_TOKEN}(?:[ \t]*=[ \t]*{_WORD})?)?)*"
 # One preference: `wait` must carry a number of seconds; any other name may carry a value.
@@ -34,6 +36,8 @@ _IDEMPOTENCY_KEY_RE = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 # The spellings of a boolean query parameter.
 FLAG_VALUES = {"true": True, "1": True, "false": False, "0": False}
+# A number of seconds longer than this is no number a client means.
+_MAX_NUMBER_CHARS = 64
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -53,7 +57,7 @@ def parse_prefer(values: list[str]) -> Preferences:
     for value in values:
         if not _PREFER_RE.match(value):
             raise BadRequest(
-                f"Prefer: {value[:100]!r} is not a list of preferences such as "
+                f"Prefer: {_clip(value)!r} is not a list of preferences such as "
                 "'respond-async' or 'wait=10'"
             )
         for found in _ONE_PREFERENCE_RE.finditer(value):
@@ -61,7 +65,7 @@ def parse_prefer(values: list[str]) -> Preferences:
             if name == "respond-async":
                 respond_async = True
             elif name == "wait":
-                wait_s = float(found[2].strip('"'))  # the pattern admits only plain decimals
+                wait_s = seconds(found[2].strip('"'), "Prefer: wait")
     return Preferences(wait_s, respond_async)
 
 
@@ -81,12 +85,19 @@ def query_wait(raw: str | None) -> float:
     """The `?wait=N` query parameter in seconds (0 when absent)."""
     if raw is None or raw == "":
         return 0.0
+    return seconds(raw, "wait")
+
+
+def seconds(text: str, name: str) -> float:
+    """A wait in seconds: a finite number >= 0 (`nan`, `inf` and `1e400` are refused)."""
     try:
-        value = float(raw)
+        value = float(text) if len(text) <= _MAX_NUMBER_CHARS else math.nan
     except ValueError:
-        raise BadRequest(f"wait={raw!r} is not a number of seconds") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise BadRequest(f"{name}={_clip(text)!r} is not a number of seconds")
     if value < 0:
-        raise BadRequest("wait must not be negative")
+        raise BadRequest(f"{name} must not be negative")
     return value
 
 
@@ -97,4 +108,8 @@ def query_flag(name: str, raw: str | None) -> bool:
     try:
         return FLAG_VALUES[raw]
     except KeyError:
-        raise BadRequest(f"{name}={raw[:100]!r} is not one of true, false, 1, 0") from None
+        raise BadRequest(f"{name}={_clip(raw)!r} is not one of true, false, 1, 0") from None
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= 40 else text[:40] + "…"

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from batchgate.context import current_request_id
-from batchgate.errors import PROBLEM_BASE, BatchgateError, JobCancelled, JobFailed, Overloaded
+from batchgate.errors import PROBLEM_BASE, BatchgateError, JobCancelled, JobFailed
 from batchgate.models import Job, JobStatus, dumps
 
 PROBLEM_JSON = "application/problem+json"
@@ -26,10 +26,7 @@ def problem_response(
 
 
 def error_response(exc: BatchgateError, instance: str | None = None) -> Response:
-    headers = {}
-    if isinstance(exc, Overloaded):
-        headers["Retry-After"] = str(exc.retry_after_s)
-    return problem_response(exc.problem_details(instance), exc.status, headers)
+    return problem_response(exc.problem_details(instance), exc.status, exc.headers())
 
 
 def job_error(job: Job) -> BatchgateError:
@@ -55,11 +52,21 @@ async def batchgate_error_handler(request: Request, exc: Exception) -> Response:
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:
+    """The router's own errors (no route, method not allowed) as problems."""
     assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
+    path = request.url.path
+    if exc.status_code == 404:
+        detail = f"no endpoint at {path}; the API is described at /openapi.json"
+    elif exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {path}; allowed: {headers.get('Allow', '')}"
+    else:
+        detail = str(exc.detail)
     body = {
         "type": PROBLEM_BASE + ("not-found" if exc.status_code == 404 else "http-error"),
         "title": str(exc.detail),
         "status": exc.status_code,
-        "instance": request.url.path,
+        "detail": detail,
+        "instance": path,
     }
-    return problem_response(body, exc.status_code, dict(exc.headers or {}))
+    return problem_response(body, exc.status_code, headers)

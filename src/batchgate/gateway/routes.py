@@ -27,6 +27,7 @@ from batchgate.gateway.prefer import (
 from batchgate.gateway.problems import error_response, job_problem
 from batchgate.jobs import Jobs, retry_after_s
 from batchgate.models import FunctionKind, Job, JobStatus, dumps, loads
+from batchgate.strictjson import strip_bom
 from batchgate.typeschema import first_violation
 
 # How long a presigned result URL stays valid.
@@ -88,8 +89,13 @@ class Routes:
     async def _limited_stream(self, request: Request) -> AsyncIterator[bytes]:
         """The request body, refused with 413 once it passes --max-body."""
         limit = self.settings.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        declared = request.headers.get("content-length", "")
+        # ASCII digits only (isdigit() takes "²"), and no int() of 4301+ digits.
+        if (
+            declared.isascii()
+            and declared.isdigit()
+            and (len(declared) > 18 or int(declared) > limit)
+        ):
             raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}")
         seen = 0
         async for piece in request.stream():
@@ -106,14 +112,15 @@ class Routes:
         body = bytearray()
         async for piece in self._limited_stream(request):
             body += piece
-        if not body:
+        data = strip_bom(bytes(body))
+        if not data:
             raise BadRequest("the body is empty; send a JSON value")
-        value = loads(bytes(body))  # malformed or non-UTF-8 JSON is a 400 here
+        value = loads(data)  # the strict rules, once: a body that breaks them is a 400 here
         if info.input_schema:
             violation = first_violation(value, info.input_schema)
             if violation is not None:
                 raise BadRequest(f"the body does not match the type {info.name} takes: {violation}")
-        return bytes(body)
+        return data
 
     async def _outcome(
         self, job: Job, headers: dict[str, str], fmt: BatchFormat = BatchFormat.JSON
@@ -144,6 +151,12 @@ class Routes:
         if wait_s:
             return await self.jobs.wait(job_id, wait_s, owner)
         return await self.jobs.get(job_id, owner)
+
+    async def job(self, request: Request) -> Response:
+        """`/v1/jobs/{id}`: GET the status, DELETE to cancel."""
+        if request.method == "DELETE":
+            return await self.cancel(request)
+        return await self.status(request)
 
     async def status(self, request: Request) -> Response:
         job = await self._job(request)

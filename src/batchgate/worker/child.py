@@ -19,6 +19,7 @@ import struct
 import sys
 from typing import IO, Any
 
+from batchgate import strictjson
 from batchgate.app import App, FunctionSpec, load_app
 from batchgate.models import dumps
 
@@ -36,12 +37,50 @@ class ItemFailed(Exception):
         self.cause = cause
 
 
+class Undecodable:
+    """A chunk line that is not JSON under the rules: it fails alone, never its neighbours."""
+
+    def __init__(self, exc: ValueError) -> None:
+        self.exc = exc
+
+
+class UndecodableItem(Exception):
+    """Raised for an Undecodable item: running it again cannot help."""
+
+
 def error_doc(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, ItemFailed):
         doc = error_doc(exc.cause)
         doc["index"] = exc.index
         return doc
+    if isinstance(exc, UndecodableItem):
+        return undecodable_doc("UndecodableItem", exc)
     return {"type": type(exc).__name__, "message": str(exc) or repr(exc)}
+
+
+def undecodable_doc(kind: str, exc: BaseException) -> dict[str, Any]:
+    """The error of input that cannot be decoded; `final`: retrying it cannot help."""
+    return {"type": kind, "message": f"not valid JSON: {exc}", "final": True}
+
+
+def parse_chunk(payload: bytes) -> list[Any]:
+    """A chunk's items (NDJSON); a line that does not decode becomes an Undecodable."""
+    lines = payload.rstrip(b"\n")
+    if not lines:
+        return []
+    try:
+        items: list[Any] = strictjson.loads(b"[" + lines.replace(b"\n", b",") + b"]", extra_depth=1)
+        if len(items) == lines.count(b"\n") + 1:
+            return items
+    except ValueError:
+        pass  # a bad line (or more): decode line by line, so only those fail
+    items = []
+    for line in lines.split(b"\n"):
+        try:
+            items.append(strictjson.loads(line))
+        except ValueError as exc:
+            items.append(Undecodable(exc))
+    return items
 
 
 class Runner:
@@ -63,9 +102,12 @@ class Runner:
         try:
             spec = self.app.spec(name.decode())
             if mode != b"m":
-                return OK + dumps(self.call(spec, json.loads(payload)))
-            items = json.loads(b"[" + payload.rstrip(b"\n").replace(b"\n", b",") + b"]")
-            results = self.run_chunk(spec, items)
+                try:
+                    arg = strictjson.loads(payload)
+                except ValueError as exc:
+                    return ERR + dumps(undecodable_doc("UndecodablePayload", exc))
+                return OK + dumps(self.call(spec, arg))
+            results = self.run_chunk(spec, parse_chunk(payload))
             failed = sum(1 for r in results if isinstance(r, _ItemError))
             # One encoder for the whole chunk: json.dumps with options builds one per call.
             lines = "\n".join(map(_ITEM_ENCODER.encode, results)).encode() + b"\n"
@@ -75,17 +117,31 @@ class Runner:
 
     def run_chunk(self, spec: FunctionSpec, items: list[Any]) -> list[Any]:
         """A map chunk: one result per item, failures collected or raised per the spec."""
+        collect = spec.info.errors == "collect"
+        bad = [i for i, item in enumerate(items) if isinstance(item, Undecodable)]
+        if bad and not collect:
+            raise ItemFailed(bad[0], UndecodableItem(items[bad[0]].exc))
         if spec.info.batched:
-            returned = self.call(spec, items)
-            if not isinstance(returned, list) or len(returned) != len(items):
+            good = [item for item in items if not isinstance(item, Undecodable)]
+            returned = self.call(spec, good)
+            if not isinstance(returned, list) or len(returned) != len(good):
                 got = len(returned) if isinstance(returned, list) else type(returned).__name__
                 raise TypeError(
                     f"batched function {spec.info.name!r} must return a list of "
-                    f"{len(items)} results, got {got}"
+                    f"{len(good)} results, got {got}"
                 )
-            return returned
+            if not bad:
+                return returned
+            ran = iter(returned)
+            return [
+                _undecodable_item(item) if isinstance(item, Undecodable) else next(ran)
+                for item in items
+            ]
         results: list[Any] = []
         for index, item in enumerate(items):
+            if isinstance(item, Undecodable):
+                results.append(_undecodable_item(item))
+                continue
             try:
                 results.append(self.call(spec, item))
             except Exception as exc:
@@ -97,6 +153,11 @@ class Runner:
 
 class _ItemError(dict[str, Any]):
     """A collected item failure: serialised as {"error": {type, message}}, counted as failed."""
+
+
+def _undecodable_item(item: Undecodable) -> _ItemError:
+    doc = undecodable_doc("UndecodableItem", item.exc)
+    return _ItemError(error={"type": doc["type"], "message": doc["message"]})
 
 
 def _read_exact(stream: IO[bytes], size: int) -> bytes | None:

@@ -23,11 +23,16 @@ READY_TIMEOUT_S = 120.0
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Outcome:
-    """The end of one call: JSON result bytes, or an error (with the failing item's index)."""
+    """The end of one call: JSON result bytes, or an error (with the failing item's index).
+
+    `final`: the error comes from input that can never be run (it does not decode), so
+    retrying cannot help.
+    """
 
     result: bytes | None = None
     error: JobError | None = None
     index: int | None = None
+    final: bool = False
 
     @property
     def ok(self) -> bool:
@@ -120,7 +125,8 @@ class ExecutorPool:
         if reply[:1] == b"\x00":
             return Outcome(result=reply[1:])
         doc: dict[str, Any] = json.loads(reply[1:])
-        return Outcome(error=JobError(doc["type"], doc["message"]), index=doc.get("index"))
+        error = JobError(doc["type"], doc["message"])
+        return Outcome(error=error, index=doc.get("index"), final=bool(doc.get("final")))
 
     async def aclose(self) -> None:
         """Kill every process; calls in progress end with ExecutorLost."""

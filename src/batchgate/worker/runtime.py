@@ -8,7 +8,6 @@ completes its job once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import random
@@ -19,7 +18,7 @@ from batchgate.app import FunctionInfo, Registry
 from batchgate.context import request_id
 from batchgate.errors import BackendError, BatchgateError
 from batchgate.keys import result_key
-from batchgate.models import JobError, JobStatus, Task
+from batchgate.models import JobError, JobStatus, Task, peek_job_id
 from batchgate.queue import Delivery, Queue
 from batchgate.settings import Settings
 from batchgate.state import State
@@ -198,7 +197,7 @@ class Worker:
         try:
             task = Task.decode(delivery.body)
         except (ValueError, KeyError, TypeError) as exc:
-            await self.queue.dead_letter(delivery, f"undecodable task message: {exc}")
+            await self._undecodable(delivery, exc)
             return
         # Each delivery runs in an asyncio task of its own, so this tags only its log lines.
         request_id.set(task.request_id)
@@ -228,8 +227,7 @@ class Worker:
         if outcome.ok:
             await self._succeed(delivery, task, outcome)
         else:
-            assert outcome.error is not None
-            await self._attempt_failed(delivery, task, info, outcome.error)
+            await self._attempt_failed(delivery, task, info, outcome)
 
     async def _handle_chunk(self, delivery: Delivery, task: Task) -> None:
         job = await self.state.get_job(task.job_id)
@@ -250,10 +248,24 @@ class Worker:
         if failure is None:
             return
         error = item_error(task, info.chunk_size, failure)
-        if delivery.attempt >= info.max_attempts:
+        if failure.final or delivery.attempt >= info.max_attempts:
             await self.chunks.give_up(delivery, task, info, job, error)
         else:
             await self.queue.retry(delivery, self._backoff_s(delivery.attempt))
+
+    async def _undecodable(self, delivery: Delivery, exc: Exception) -> None:
+        """A message that is not a task: fail its job (when its id can be read) and
+        dead-letter it. Decoding it again could never work, so no retry is spent."""
+        reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, KeyError) else str(exc)
+        error = JobError("UndecodableTask", f"the task message could not be decoded: {reason}")
+        job_id = peek_job_id(delivery.body)
+        log.error(
+            "undecodable task message %s: %s", delivery.message_id, reason,
+            extra={"job_id": job_id, "attempt": delivery.attempt},
+        )  # fmt: skip
+        if job_id is not None:
+            await self.state.finish(job_id, None, JobStatus.FAILED, error=error)
+        await self.queue.dead_letter(delivery, f"{error.type}: {error.message}")
 
     def _backoff_s(self, attempt: int) -> float:
         return backoff_s(attempt, self.settings.retry_backoff_s, self.settings.retry_backoff_max_s)
@@ -270,9 +282,11 @@ class Worker:
         await self.queue.ack(delivery)
 
     async def _attempt_failed(
-        self, delivery: Delivery, task: Task, info: FunctionInfo, error: JobError
+        self, delivery: Delivery, task: Task, info: FunctionInfo, outcome: Outcome
     ) -> None:
-        if delivery.attempt >= info.max_attempts:
+        assert outcome.error is not None
+        error = outcome.error
+        if outcome.final or delivery.attempt >= info.max_attempts:
             await self._fail(delivery, task, error)
             return
         delay = self._backoff_s(delivery.attempt)
@@ -290,6 +304,4 @@ class Worker:
 
 
 def _job_id_of(delivery: Delivery) -> str | None:
-    with contextlib.suppress(ValueError, KeyError, TypeError):
-        return Task.decode(delivery.body).job_id
-    return None
+    return peek_job_id(delivery.body)
