@@ -65,6 +65,17 @@ class NotFound(BatchgateError):
     title = "Not found"
 
 
+class RequestTimeout(BatchgateError):
+    """The request body came too slowly (BATCHGATE_BODY_TIMEOUT)."""
+
+    status = 408
+    problem = "request-timeout"
+    title = "Request body too slow"
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}  # the rest of the body is not read
+
+
 class PayloadTooLarge(BatchgateError):
     status = 413
     problem = "payload-too-large"

@@ -69,11 +69,13 @@ class Jobs:
         owner: str = "",
         idempotency_key: str | None = None,
         wait_s: float = 0.0,
+        gone: asyncio.Event | None = None,
     ) -> Job:
         """Create and enqueue a plain job, then wait up to `wait_s` for it to finish.
 
         The completion watch is registered before the task is enqueued, so a fast worker's
-        notice cannot be missed. A repeated idempotency key attaches to the first job.
+        notice cannot be missed. A repeated idempotency key attaches to the first job. The
+        wait (never the create) ends early once `gone` is set: the client has left.
         """
         await self._check_backpressure()
         job = Job(
@@ -88,10 +90,10 @@ class Jobs:
             stored, created = await self.state.create_job(job)
             if created:
                 await self._enqueue(job, body)
-                return await self._wait(job, watch, wait_s)
+                return await self._wait(job, watch, wait_s, gone)
         await self._check_same_request(stored, job)
         await self._rescue_if_unstarted(stored, lambda: self._enqueue(stored, body))
-        return await self.wait(stored.id, wait_s, owner=owner)
+        return await self.wait(stored.id, wait_s, owner=owner, gone=gone)
 
     async def _rescue_if_unstarted(
         self, stored: Job, enqueue: Callable[[], Awaitable[None]]
@@ -141,10 +143,12 @@ class Jobs:
         owner: str = "",
         idempotency_key: str | None = None,
         wait_s: float = 0.0,
+        gone: asyncio.Event | None = None,
     ) -> Job:
         """Store a batch's chunks (NDJSON, as cut from the request), then create and enqueue
-        the map job and wait up to `wait_s` for it. Nothing is enqueued unless every chunk
-        was cut and stored: a malformed batch leaves no job and no blobs behind."""
+        the map job and wait up to `wait_s` for it (less once `gone` is set). Nothing is
+        enqueued unless every chunk was cut and stored: a malformed batch leaves no job and
+        no blobs behind."""
         await self._check_backpressure()
         job_id = new_job_id()
         digest = hashlib.sha256(info.name.encode() + b"\0")
@@ -171,12 +175,12 @@ class Jobs:
             stored, created = await self.state.create_job(job)
             if created:
                 await self._enqueue_chunks(job, count)
-                return await self._wait(job, watch, wait_s)
+                return await self._wait(job, watch, wait_s, gone)
         await self._delete_blobs(job_id)
         await self._check_same_request(stored, job)
         # The first request stored the same chunks (same body) under its own job id.
         await self._rescue_if_unstarted(stored, lambda: self._enqueue_chunks(stored, count))
-        return await self.wait(stored.id, wait_s, owner=owner)
+        return await self.wait(stored.id, wait_s, owner=owner, gone=gone)
 
     async def _enqueue_chunks(self, job: Job, count: int) -> None:
         if count == 0:
@@ -234,13 +238,35 @@ class Jobs:
             raise NotFound(f"no job {job_id!r}", job_id=job_id)
         return job
 
-    async def wait(self, job_id: str, wait_s: float, owner: str = "") -> Job:
-        """The job once terminal, or as it stands after `wait_s` seconds."""
+    async def wait(
+        self, job_id: str, wait_s: float, owner: str = "", gone: asyncio.Event | None = None
+    ) -> Job:
+        """The job once terminal, or as it stands after `wait_s` seconds or once `gone` is
+        set (the waiting client has left)."""
         async with self.state.watch(job_id) as watch:
             job = await self.get(job_id, owner)
-            return await self._wait(job, watch, wait_s)
+            return await self._wait(job, watch, wait_s, gone)
 
-    async def _wait(self, job: Job, watch: Watch, wait_s: float) -> Job:
+    async def _wait(
+        self, job: Job, watch: Watch, wait_s: float, gone: asyncio.Event | None = None
+    ) -> Job:
+        if gone is None or job.status.terminal:
+            return await self._wait_terminal(job, watch, wait_s)
+        # Race the wait against the client's departure; the loser is cancelled, so a
+        # vanished client holds neither the subscription nor the re-reads a moment longer.
+        waiting = asyncio.ensure_future(self._wait_terminal(job, watch, wait_s))
+        leaving = asyncio.ensure_future(gone.wait())
+        try:
+            await asyncio.wait({waiting, leaving}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiting, leaving):
+                task.cancel()
+            await asyncio.gather(waiting, leaving, return_exceptions=True)
+        if waiting.cancelled():
+            return job  # nobody is left to answer
+        return waiting.result()
+
+    async def _wait_terminal(self, job: Job, watch: Watch, wait_s: float) -> Job:
         deadline = time.monotonic() + min(wait_s, self.settings.max_wait_s)
         reread_s = self.settings.reread_s
         while not job.status.terminal and not self._stopping.is_set():

@@ -78,6 +78,7 @@ class Settings:
     reread_s: float = dataclasses.field(default=2.0, metadata=_env("REREAD"))
     result_ttl_s: float = dataclasses.field(default=86400.0, metadata=_env("RESULT_TTL"))
     drain_s: float = dataclasses.field(default=30.0, metadata=_env("DRAIN"))
+    body_timeout_s: float = dataclasses.field(default=300.0, metadata=_env("BODY_TIMEOUT"))
     inline_max_bytes: int = dataclasses.field(default=64 * 1024, metadata=_env("INLINE_MAX"))
     redirect_results: bool = dataclasses.field(default=False, metadata=_env("REDIRECT_RESULTS"))
 
@@ -112,6 +113,8 @@ class Settings:
     def validate(self) -> None:
         if self.max_wait_s < 0 or self.lease_s <= 0 or self.reread_s <= 0:
             raise ConfigError("max-wait must be >= 0, and lease and reread intervals positive")
+        if self.body_timeout_s <= 0:
+            raise ConfigError("the body timeout must be positive")
         if self.max_body_bytes <= 0 or self.max_items <= 0:
             raise ConfigError("max-body and max-items must be positive")
         for key in self.api_keys:

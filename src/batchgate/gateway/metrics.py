@@ -22,7 +22,7 @@ class Metrics:
         )
         self.waiting = Gauge(
             "batchgate_requests_waiting",
-            "Requests holding a connection open for a job",
+            "Requests holding a connection open for a job (POST and GET waits, event streams)",
             registry=self.registry,
         )
 

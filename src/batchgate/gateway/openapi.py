@@ -131,6 +131,7 @@ def submit(doc: Doc, info: FunctionInfo) -> dict[str, Any]:
                 + ", or a header is malformed."
             ),
             "404": problem("The function is not registered (any more)."),
+            "408": problem("The body did not arrive in time (`BATCHGATE_BODY_TIMEOUT`)."),
             "409": problem("The job was cancelled while the request waited.", _JOB_HEADERS),
             "413": problem("The body is over the size limit (or the batch over the item limit)."),
             "415": problem("A media type the function does not take."),

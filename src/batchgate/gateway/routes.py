@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -14,8 +16,10 @@ from batchgate.errors import (
     BadRequest,
     BatchgateError,
     PayloadTooLarge,
+    RequestTimeout,
     UnsupportedMediaType,
 )
+from batchgate.gateway.disconnect import disconnect_watch
 from batchgate.gateway.events import SSE_HEADERS, job_events
 from batchgate.gateway.metrics import Metrics
 from batchgate.gateway.prefer import (
@@ -62,32 +66,44 @@ class Routes:
             wait_s = 0.0
         self.metrics.submitted.labels(info.name).inc()
         with self.metrics.waiting.track_inprogress():
-            if info.kind is FunctionKind.MAP:
-                fmt = BatchFormat.from_content_type(request.headers.get("content-type"))
-                chunks = cut_chunks(
-                    self._limited_stream(request), fmt, info.chunk_size, self.settings.max_items
-                )
-                job = await self.jobs.submit_map(
-                    info, chunks, owner=owner, idempotency_key=idempotency_key, wait_s=wait_s
-                )
-            else:
-                fmt = BatchFormat.JSON
-                body = await self._read_json_body(request, info)
-                job = await self.jobs.submit(
-                    info, body, owner=owner, idempotency_key=idempotency_key, wait_s=wait_s
-                )
+            async with disconnect_watch(request) as client:
+                if info.kind is FunctionKind.MAP:
+                    fmt = BatchFormat.from_content_type(request.headers.get("content-type"))
+                    body_stream = self._limited_stream(request, then=client.listen)
+                    chunks = cut_chunks(body_stream, fmt, info.chunk_size, self.settings.max_items)
+                    job = await self.jobs.submit_map(
+                        info, chunks, owner=owner, idempotency_key=idempotency_key,
+                        wait_s=wait_s, gone=client.gone,
+                    )  # fmt: skip
+                else:
+                    fmt = BatchFormat.JSON
+                    body = await self._read_json_body(request, info)
+                    client.listen()
+                    job = await self.jobs.submit(
+                        info, body, owner=owner, idempotency_key=idempotency_key,
+                        wait_s=wait_s, gone=client.gone,
+                    )  # fmt: skip
         headers = {"Job-Id": job.id, "Location": f"/v1/jobs/{job.id}"}
         if applied:
             headers["Preference-Applied"] = ", ".join(applied)
         if wants_events:
-            events = await job_events(self.jobs, job.id, owner)
+            events = self._counted(await job_events(self.jobs, job.id, owner))
             return StreamingResponse(
                 events, media_type="text/event-stream", headers={**headers, **SSE_HEADERS}
             )
         return await self._outcome(job, headers, fmt)
 
-    async def _limited_stream(self, request: Request) -> AsyncIterator[bytes]:
-        """The request body, refused with 413 once it passes --max-body."""
+    async def _counted(self, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """An event stream, counted as a waiting request while it is open."""
+        with self.metrics.waiting.track_inprogress():
+            async for event in events:
+                yield event
+
+    async def _limited_stream(
+        self, request: Request, then: Callable[[], None] | None = None
+    ) -> AsyncIterator[bytes]:
+        """The request body, refused with 413 once it passes --max-body and with 408 once
+        waiting for it has taken BATCHGATE_BODY_TIMEOUT; `then` runs once it is all read."""
         limit = self.settings.max_body_bytes
         declared = request.headers.get("content-length", "")
         # ASCII digits only (isdigit() takes "²"), and no int() of 4301+ digits.
@@ -98,11 +114,28 @@ class Routes:
         ):
             raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}")
         seen = 0
-        async for piece in request.stream():
+        # Only the time spent waiting for the client counts, not storing what it sent.
+        budget_s = self.settings.body_timeout_s
+        pieces = request.stream().__aiter__()
+        while True:
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(budget_s):
+                    piece = await anext(pieces)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"the body did not arrive within {self.settings.body_timeout_s:g} s "
+                    f"({seen} bytes came); send it faster, or all at once"
+                ) from None
+            budget_s -= time.monotonic() - started
             seen += len(piece)
             if seen > limit:
                 raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
             yield piece
+        if then is not None:
+            then()
 
     async def _read_json_body(self, request: Request, info: FunctionInfo) -> bytes:
         media_type = request.headers.get("content-type", "application/json")
@@ -144,13 +177,17 @@ class Routes:
         )
 
     async def _job(self, request: Request) -> Job:
-        """The request's job, after blocking up to `?wait=N` seconds for it to finish."""
+        """The request's job, after blocking up to `?wait=N` seconds for it to finish (less
+        if the client leaves first)."""
         owner = self.owner_of(request)
         job_id = request.path_params["job_id"]
         wait_s = query_wait(request.query_params.get("wait"))
-        if wait_s:
-            return await self.jobs.wait(job_id, wait_s, owner)
-        return await self.jobs.get(job_id, owner)
+        if not wait_s:
+            return await self.jobs.get(job_id, owner)
+        with self.metrics.waiting.track_inprogress():
+            async with disconnect_watch(request) as client:
+                client.listen()  # a GET has no body to read first
+                return await self.jobs.wait(job_id, wait_s, owner, gone=client.gone)
 
     async def job(self, request: Request) -> Response:
         """`/v1/jobs/{id}`: GET the status, DELETE to cancel."""
@@ -183,7 +220,10 @@ class Routes:
         owner = self.owner_of(request)
         last_event_id = request.headers.get("last-event-id")
         events = await job_events(self.jobs, request.path_params["job_id"], owner, last_event_id)
-        return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+        # StreamingResponse ends the stream (and its subscription) when the client leaves.
+        return StreamingResponse(
+            self._counted(events), media_type="text/event-stream", headers=SSE_HEADERS
+        )
 
     async def cancel(self, request: Request) -> Response:
         owner = self.owner_of(request)
