@@ -11,6 +11,7 @@ the public ones (health, readiness, metrics, this document) declare none.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -73,6 +74,16 @@ _JOB_LINKS = {
     )
 }
 _JOB_HEADERS = ("Job-Id", "Location")
+_UNEXPECTED = "An unexpected error (`internal-error`): quote its `request_id`."
+
+
+def _job_lookup_failures() -> dict[str, Any]:
+    """What any job route can answer besides its own outcomes."""
+    return {
+        "404": problem("No such job (or it has expired, or is another key's)."),
+        "500": problem(_UNEXPECTED),
+        "503": problem("A backend did not answer (`backend-unavailable`); retry."),
+    }
 
 
 def submit(doc: Doc, info: FunctionInfo) -> dict[str, Any]:
@@ -159,7 +170,7 @@ def get_job(doc: Doc) -> dict[str, Any]:
             "responses": {
                 "200": status_response("The job's status (once finished, with `wait`)."),
                 "400": problem("A `wait` that is not a number of seconds."),
-                "404": problem("No such job (or it has expired, or is another key's)."),
+                **_job_lookup_failures(),
             },
         }
     )
@@ -176,7 +187,7 @@ def cancel_job(doc: Doc) -> dict[str, Any]:
             "parameters": [param("JobId"), param("X-Request-Id")],
             "responses": {
                 "200": status_response("The job's status: `cancelled`."),
-                "404": problem("No such job (or it has expired, or is another key's)."),
+                **_job_lookup_failures(),
                 "409": problem("The job had already finished (`job-finished`)."),
             },
         }
@@ -212,9 +223,12 @@ def get_job_result(doc: Doc) -> dict[str, Any]:
                     inline={"Location": PRESIGNED_LOCATION},
                 ),
                 "400": problem("A `wait` or `redirect` that is malformed."),
-                "404": problem("No such job (or it has expired, or is another key's)."),
+                **_job_lookup_failures(),
                 "409": problem("The job was cancelled (`job-cancelled`).", _JOB_HEADERS),
-                "500": problem("The job failed (`job-failed`, with `error`).", _JOB_HEADERS),
+                "500": problem(
+                    "The job failed (`job-failed`, with `error`), or an unexpected error.",
+                    optional=_JOB_HEADERS,
+                ),
             },
         }
     )
@@ -230,7 +244,7 @@ def get_job_events(doc: Doc) -> dict[str, Any]:
             "responses": {
                 "200": response("The job's events, until it finishes.", job_events_content()),
                 "400": problem("A `Last-Event-ID` that is no event id of this stream."),
-                "404": problem("No such job (or it has expired, or is another key's)."),
+                **_job_lookup_failures(),
             },
         }
     )
@@ -243,49 +257,78 @@ def list_functions(doc: Doc) -> dict[str, Any]:
             "summary": "The registered functions",
             "tags": ["functions"],
             "parameters": [param("X-Request-Id")],
-            "responses": {"200": response("The functions.", json_content(schema("FunctionList")))},
+            "responses": {
+                "200": response("The functions.", json_content(schema("FunctionList"))),
+                "500": problem(_UNEXPECTED),
+            },
         }
     )
 
 
-def _plain(
-    operation_id: str, summary: str, responses: dict[str, Any]
-) -> Callable[[Doc], dict[str, Any]]:
-    def build(doc: Doc) -> dict[str, Any]:
-        return doc.public(
-            {
-                "operationId": operation_id,
-                "summary": summary,
-                "tags": ["operations"],
-                "parameters": [param("X-Request-Id")],
-                "responses": responses,
-            }
-        )
-
-    return build
+def _public(operation_id: str, summary: str, responses: dict[str, Any]) -> dict[str, Any]:
+    """An operational endpoint: no key needed, no parameters but `X-Request-Id`."""
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "tags": ["operations"],
+        "parameters": [param("X-Request-Id")],
+        "responses": responses,
+    }
 
 
-_STATUS_OK = {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}
-_READY = {
-    "type": "object",
-    "required": ["status", "queue"],
-    "properties": {
-        "status": {"const": "ready"},
-        "queue": {
-            "type": "object",
-            "required": ["ready", "in_flight", "delayed", "dead"],
-            "properties": {
-                name: {"type": "integer", "minimum": 0}
-                for name in ("ready", "in_flight", "delayed", "dead")
+def healthz(doc: Doc) -> dict[str, Any]:
+    alive = {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}
+    return doc.public(
+        _public("healthz", "Liveness", {"200": response("Alive.", json_content(alive))})
+    )
+
+
+def readyz(doc: Doc) -> dict[str, Any]:
+    counts = ("ready", "in_flight", "delayed", "dead")
+    ready = {
+        "type": "object",
+        "required": ["status", "queue"],
+        "properties": {
+            "status": {"const": "ready"},
+            "queue": {
+                "type": "object",
+                "required": list(counts),
+                "properties": {name: {"type": "integer", "minimum": 0} for name in counts},
             },
         },
-    },
-}
-_UNREADY = {
-    "type": "object",
-    "required": ["status", "detail"],
-    "properties": {"status": {"const": "unavailable"}, "detail": {"type": "string"}},
-}
+    }
+    unready = {
+        "type": "object",
+        "required": ["status", "detail"],
+        "properties": {"status": {"const": "unavailable"}, "detail": {"type": "string"}},
+    }
+    responses = {
+        "200": response("Ready, with the queue's depth.", json_content(ready)),
+        "503": response("Not ready: a backend does not answer.", json_content(unready)),
+    }
+    return doc.public(_public("readyz", "Readiness: the queue and state answer", responses))
+
+
+def metrics(doc: Doc) -> dict[str, Any]:
+    text = {"text/plain": {"schema": {"type": "string"}}}
+    return doc.public(
+        _public(
+            "metrics",
+            "Prometheus metrics",
+            {"200": response("Metrics in the Prometheus text format.", text)},
+        )
+    )
+
+
+def openapi(doc: Doc) -> dict[str, Any]:
+    return doc.public(
+        _public(
+            "openapi",
+            "This document",
+            {"200": response("OpenAPI 3.1.", json_content({"type": "object"}))},
+        )
+    )
+
 
 # Every fixed route: (path, method, builder). Function routes come from the registry.
 ROUTES: list[tuple[str, str, RouteBuilder]] = [
@@ -294,46 +337,10 @@ ROUTES: list[tuple[str, str, RouteBuilder]] = [
     ("/v1/jobs/{job_id}", "delete", cancel_job),
     ("/v1/jobs/{job_id}/result", "get", get_job_result),
     ("/v1/jobs/{job_id}/events", "get", get_job_events),
-    (
-        "/healthz",
-        "get",
-        _plain("healthz", "Liveness", {"200": response("Alive.", json_content(_STATUS_OK))}),
-    ),
-    (
-        "/readyz",
-        "get",
-        _plain(
-            "readyz",
-            "Readiness: the queue and state backends answer",
-            {
-                "200": response("Ready, with the queue's depth.", json_content(_READY)),
-                "503": response("Not ready.", json_content(_UNREADY)),
-            },
-        ),
-    ),
-    (
-        "/metrics",
-        "get",
-        _plain(
-            "metrics",
-            "Prometheus metrics",
-            {
-                "200": response(
-                    "Metrics, Prometheus text format.",
-                    {"text/plain": {"schema": {"type": "string"}}},
-                )
-            },
-        ),
-    ),
-    (
-        "/openapi.json",
-        "get",
-        _plain(
-            "openapi",
-            "This document",
-            {"200": response("OpenAPI 3.1.", json_content({"type": "object"}))},
-        ),
-    ),
+    ("/healthz", "get", healthz),
+    ("/readyz", "get", readyz),
+    ("/metrics", "get", metrics),
+    ("/openapi.json", "get", openapi),
 ]
 
 
@@ -349,5 +356,6 @@ def openapi_document(registry: Registry, *, api_keys: bool = False) -> dict[str,
         "openapi": "3.1.0",
         "info": {"title": "batchgate", "version": __version__, "description": DESCRIPTION},
         "paths": paths,
-        "components": components(api_keys),
+        # A copy: the shared parts stay untouched whatever the caller does with it.
+        "components": copy.deepcopy(components(api_keys)),
     }
