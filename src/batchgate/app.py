@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar
 
 from batchgate.errors import ConfigError, NotFound
 from batchgate.models import FunctionKind
+from batchgate.typeschema import signature_schemas
 
 F = TypeVar("F", bound=Callable[..., Any])
 ErrorMode = Literal["fail", "collect"]
@@ -32,6 +33,11 @@ class FunctionInfo:
     chunk_size: int = 100
     batched: bool = False
     errors: ErrorMode = "fail"
+    # JSON Schemas from the annotations (`{}`: any JSON value). The gateway checks a plain
+    # function's body against `input_schema`; map items are not checked, so a map function's
+    # is `{}`. `output_schema` describes a result (of a map function: one item's result).
+    input_schema: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+    output_schema: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
 
     @property
     def max_attempts(self) -> int:
@@ -81,7 +87,14 @@ class App:
         """Register a plain function: one JSON payload in, one JSON result out."""
 
         def register(f: F) -> F:
-            info = FunctionInfo(name=name or f.__name__, timeout_s=timeout, retries=retries)
+            input_schema, output_schema = signature_schemas(f)
+            info = FunctionInfo(
+                name=name or f.__name__,
+                timeout_s=timeout,
+                retries=retries,
+                input_schema=input_schema,
+                output_schema=output_schema,
+            )
             self._add(FunctionSpec(info, f))
             return f
 
@@ -110,6 +123,7 @@ class App:
                 chunk_size=chunk_size,
                 batched=batched,
                 errors=errors,
+                output_schema=_item_result_schema(f, batched),
             )
             self._add(FunctionSpec(info, f))
             return f
@@ -141,6 +155,14 @@ class App:
 
     def registry(self) -> Registry:
         return Registry({name: spec.info for name, spec in self._specs.items()})
+
+
+def _item_result_schema(fn: Callable[..., Any], batched: bool) -> dict[str, Any]:
+    """The schema of one item's result: a batched function returns a list of them."""
+    returns = signature_schemas(fn)[1]
+    if batched:
+        return returns.get("items", {}) if returns.get("type") == "array" else {}
+    return returns
 
 
 class Registry:

@@ -10,7 +10,8 @@ from contextvars import ContextVar
 request_id: ContextVar[str | None] = ContextVar("batchgate_request_id", default=None)
 
 # What a client may send as X-Request-Id; anything else is replaced by a fresh id.
-_ACCEPTABLE = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:/+=@-]{1,128}$"
+_ACCEPTABLE = re.compile(REQUEST_ID_PATTERN)
 
 
 def new_request_id() -> str:

@@ -39,6 +39,10 @@ class FunctionKind(enum.StrEnum):
     MAP = "map"
 
 
+# What new_job_id makes: 16 random bytes in URL-safe base64, unpadded.
+JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{22}$"
+
+
 def new_job_id() -> str:
     """A 128-bit random, URL-safe job id (22 characters)."""
     return secrets.token_urlsafe(16)

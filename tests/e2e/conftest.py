@@ -28,8 +28,10 @@ class ServeProcess:
         *extra: str,
         env: dict[str, str] | None = None,
         port: int | None = None,
+        app: str = TEST_APP,
     ) -> None:
         self.data_dir = data_dir
+        self.app = app
         self.extra = extra
         self.env = {**os.environ, "BATCHGATE_RETRY_BACKOFF": "0.05", **(env or {})}
         self.port = port or free_port()  # a restart takes its predecessor's port
@@ -39,7 +41,7 @@ class ServeProcess:
 
     def start(self) -> ServeProcess:
         cmd = [
-            sys.executable, "-m", "batchgate", "serve", TEST_APP,
+            sys.executable, "-m", "batchgate", "serve", self.app,
             "--port", str(self.port), "--data-dir", str(self.data_dir), "--workers", "2",
             *self.extra,
         ]  # fmt: skip

@@ -54,7 +54,7 @@ def create_gateway(jobs: Jobs) -> Starlette:
         )
 
     async def openapi(request: Request) -> Response:
-        return JSONResponse(openapi_document(jobs.registry))
+        return JSONResponse(openapi_document(jobs.registry, api_keys=keys.enabled))
 
     return Starlette(
         routes=[

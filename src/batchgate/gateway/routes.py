@@ -22,11 +22,17 @@ from batchgate.errors import (
 from batchgate.gateway.disconnect import disconnect_watch
 from batchgate.gateway.events import SSE_HEADERS, job_events
 from batchgate.gateway.metrics import Metrics
-from batchgate.gateway.prefer import parse_prefer, query_wait
+from batchgate.gateway.prefer import (
+    check_idempotency_key,
+    parse_prefer,
+    query_flag,
+    query_wait,
+)
 from batchgate.gateway.problems import error_response, job_problem
 from batchgate.jobs import Jobs, retry_after_s
 from batchgate.models import FunctionKind, Job, JobStatus, dumps, loads
 from batchgate.strictjson import strip_bom
+from batchgate.typeschema import first_violation
 
 # How long a presigned result URL stays valid.
 REDIRECT_EXPIRES_S = 3600
@@ -45,9 +51,7 @@ class Routes:
         owner = self.owner_of(request)
         info = self.jobs.registry.get(request.path_params["name"])
         prefs = parse_prefer(request.headers.getlist("prefer"))
-        idempotency_key = request.headers.get("idempotency-key")
-        if idempotency_key is not None and not 0 < len(idempotency_key) <= 255:
-            raise BadRequest("Idempotency-Key must be 1 to 255 characters")
+        idempotency_key = check_idempotency_key(request.headers.get("idempotency-key"))
         applied: list[str] = []
         if prefs.respond_async:
             wait_s = 0.0
@@ -144,7 +148,11 @@ class Routes:
         data = strip_bom(bytes(body))
         if not data:
             raise BadRequest("the body is empty; send a JSON value")
-        loads(data)  # the strict rules, once: a body that breaks them is a 400 here
+        value = loads(data)  # the strict rules, once: a body that breaks them is a 400 here
+        if info.input_schema:
+            violation = first_violation(value, info.input_schema)
+            if violation is not None:
+                raise BadRequest(f"the body does not match the type {info.name} takes: {violation}")
         return data
 
     async def _outcome(
@@ -192,10 +200,10 @@ class Routes:
         return Response(dumps(job.status_json()), media_type="application/json")
 
     async def result(self, request: Request) -> Response:
+        wants_redirect = query_flag("redirect", request.query_params.get("redirect"))
         job = await self._job(request)
         fmt = BatchFormat.from_accept(request.headers.get("accept"))
         headers = {"Job-Id": job.id, "Location": f"/v1/jobs/{job.id}"}
-        wants_redirect = request.query_params.get("redirect") in ("1", "true")
         if (
             job.result_ref is not None
             and job.kind is FunctionKind.FUNCTION
